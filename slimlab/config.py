@@ -1,0 +1,172 @@
+"""Typed, frozen experiment configs; YAML + `--set` overrides; validation that names the key; the canonical hash."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from slimlab.errors import ConfigError
+
+# Bump whenever a field is added, removed or changes meaning: the run id changes with it, so old results
+# are never silently reused under a new meaning (a golden-hash test pins the current value).
+SCHEMA_VERSION = 1
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(Strict):
+    name: str = "cifar10_jpeg"
+    path: str | None = Field(None, description="a file or folder for datasets that need one (imagefolder)")
+    root: list[str] = Field(default_factory=list, description="extra folders searched for dataset files")
+    download: bool = False
+    val_size: int = Field(5000, ge=0, description="images carved from the training set for validation/calibration")
+    train_subset: int | None = Field(None, gt=0, description="use only the first N training images (quick runs)")
+    test_subset: int | None = Field(None, gt=0, description="evaluate on the first N test images (quick runs)")
+    crop_padding: int = Field(4, ge=0)
+    flip: bool = True
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(Strict):
+    name: str = "resnet20"
+    weights: str | None = Field(None, description="a state-dict checkpoint to load instead of (or before) training")
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(20, ge=0)
+    batch_size: int = Field(128, gt=0)
+    optimizer: Literal["sgd"] = "sgd"
+    lr: float = Field(0.2, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    decay_norm_and_bias: bool = Field(False, description="apply weight decay to batch-norm and bias parameters too")
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    schedule: Literal["onecycle", "cosine", "step", "constant"] = "onecycle"
+    warmup_epochs: float = Field(1.0, ge=0)
+    final_lr_fraction: float = Field(0.0, ge=0, le=1)
+    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75], description="step schedule: fractions of training")
+    gamma: float = Field(0.1, gt=0, le=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="bf16/fp16 autocast on CUDA only")
+    channels_last: bool = True
+    max_batches_per_epoch: int | None = Field(None, gt=0, description="cap batches per epoch (quick runs, tests)")
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones_in_range(cls, v):
+        if any(not 0 < m < 1 for m in v) or v != sorted(v):
+            raise ValueError("milestones must be increasing fractions of training between 0 and 1")
+        return v
+
+    @model_validator(mode="after")
+    def _warmup_fits(self):
+        if self.epochs and self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
+        return self
+
+
+class MeasureConfig(Strict):
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 64])
+    warmup: int = Field(10, ge=1)
+    repeats: int = Field(30, ge=5, description="timed runs per latency figure (median and p90 reported)")
+    threads: int | None = Field(None, gt=0, description="torch threads during timing; default: all cores")
+    eval_batch_size: int = Field(500, gt=0)
+    latency: bool = True
+    energy: bool = True
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, v):
+        if not v or any(b <= 0 for b in v):
+            raise ValueError("batch_sizes must be a non-empty list of positive integers")
+        return v
+
+
+class ExperimentConfig(Strict):
+    name: str = ""
+    seed: int = Field(0, ge=0)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    steps: list[dict[str, Any]] = Field(default_factory=list, description="compression steps after training, in order")
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_known(cls, v):
+        from slimlab.steps import validate_step
+
+        return [validate_step(i, s) for i, s in enumerate(v)]
+
+
+def canonical_json(config: ExperimentConfig) -> str:
+    """The whole config, every default included, as sorted compact JSON."""
+    return json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(config: ExperimentConfig) -> str:
+    """The run id: a hash of the schema version and the whole canonical config (defaults included)."""
+    payload = f"slimlab-schema-{SCHEMA_VERSION}:{canonical_json(config)}"
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.epochs=5' -> (['train', 'epochs'], 5); the value is read as YAML so numbers, lists and bools work."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. train.epochs=5")
+    key, value = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set {text!r}: empty key")
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    merged = json.loads(json.dumps(raw))
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = merged
+        for k in keys[:-1]:
+            if not isinstance(node.setdefault(k, {}), dict):
+                raise ConfigError(f"--set {text!r}: '{k}' is not a section")
+            node = node[k]
+        node[keys[-1]] = value
+    return merged
+
+
+def build_config(raw: dict, source: str = "config") -> ExperimentConfig:
+    """Validate a plain dict; the error names the first bad key, the file and the problem."""
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        got = "" if err["type"] == "extra_forbidden" else f" (got {err.get('input')!r})"
+        more = f" and {exc.error_count() - 1} more problem(s)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{source}: {where}: {message}{got}{more}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> ExperimentConfig:
+    """Read a YAML experiment file (or start from `base`), apply `--set` overrides, validate."""
+    raw: dict = dict(base or {})
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (data, model, train, ...)")
+        raw.update(loaded)
+    return build_config(apply_overrides(raw, list(overrides)), source)

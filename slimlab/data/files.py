@@ -1,0 +1,75 @@
+"""Finding, verifying, downloading and atomically caching dataset files."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import torch
+
+from slimlab.errors import DataNotFoundError
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def find_file(relative: str, roots: tuple[Path, ...]) -> Path | None:
+    """The first root that holds `relative`, or None."""
+    for root in roots:
+        candidate = Path(root).expanduser() / relative
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def fetch(relative: str, roots: tuple[Path, ...], url: str | None, sha256: str | None, download: bool) -> Path:
+    """Find `relative` under a root, or download it into the first root; verify the checksum either way."""
+    found = find_file(relative, roots)
+    if found is None:
+        if not (download and url):
+            where = ", ".join(str(Path(r).expanduser()) for r in roots)
+            hint = f" or set data.download: true to fetch it from {url}" if url else ""
+            raise DataNotFoundError(f"'{relative}' not found in: {where}; put it in one of them{hint}")
+        found = Path(roots[0]).expanduser() / relative
+        found.parent.mkdir(parents=True, exist_ok=True)
+        _download(url, found)
+    if sha256 and found.is_file():
+        actual = sha256_of(found)
+        if actual != sha256:
+            raise DataNotFoundError(f"{found} has sha256 {actual[:16]}..., expected {sha256[:16]}...: the file is corrupt or a different version; delete it")
+    return found
+
+
+def _download(url: str, target: Path) -> None:
+    tmp = target.with_suffix(target.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+    except OSError as exc:
+        raise DataNotFoundError(f"could not download {url}: {exc}") from exc
+    os.replace(tmp, target)
+
+
+def save_tensors_atomic(obj: dict, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: never a half-written cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_tensors(path: Path) -> dict:
+    return torch.load(path, weights_only=True)

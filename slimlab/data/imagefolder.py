@@ -1,0 +1,131 @@
+"""Image-folder datasets (class sub-folders of JPEG/PNG), from a folder or a .tar/.tar.xz of one, decoded once into a cache."""
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slimlab.data import DatasetRequest, ImageDataset, ImageSplit, register_dataset
+from slimlab.data.cifar import CIFAR10_MEAN, CIFAR10_STD
+from slimlab.data.files import fetch, load_tensors, save_tensors_atomic, sha256_of
+from slimlab.errors import DataNotFoundError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+CIFAR10_JPEG_ARCHIVE = "cifar10-jpeg.tar.xz"
+CIFAR10_JPEG_SHA256 = "5ecf915fb002507243f5563a0edb34d3c8838f39300b30750d89e18d643fac1e"
+CACHE_FORMAT = 1  # bump when the cached tensor layout changes
+
+
+def _entries_from_archive(archive: Path):
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            if member.isfile() and Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
+                yield Path(member.name).parts, tar.extractfile(member).read()
+
+
+def _entries_from_folder(folder: Path):
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            yield path.relative_to(folder).parts, path.read_bytes()
+
+
+def _split_of(parts: tuple[str, ...]) -> tuple[str, str, str] | None:
+    """(split, class, file) from a path such as [root/]train/cat/0001.jpg; a path without train/test is 'all'."""
+    for i, part in enumerate(parts[:-2]):
+        if part in ("train", "test") and len(parts) - i == 3:
+            return part, parts[i + 1], parts[-1]
+    if len(parts) >= 2:
+        return "all", parts[-2], parts[-1]
+    return None
+
+
+def decode_image_folder(source: Path, image_size: int | None, test_fraction: float, progress: bool = True) -> dict:
+    """Decode every image once; returns tensors for train and test plus the sorted class names."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    entries = _entries_from_archive(source) if source.is_file() else _entries_from_folder(source)
+    items = []
+    for parts, data in tqdm(entries, desc=f"reading {source.name}", unit="img", disable=not progress, mininterval=1):
+        if (where := _split_of(parts)) is not None:
+            items.append((where, data))
+    if not items:
+        raise DataNotFoundError(f"{source} holds no images in class sub-folders (class/NAME.jpg or train|test/class/NAME.jpg)")
+    items.sort(key=lambda it: it[0])
+    classes = sorted({w[1] for w, _ in items})
+    class_index = {c: i for i, c in enumerate(classes)}
+    arrays, labels, splits = [], [], []
+    for (split, cls, name), data in tqdm(items, desc="decoding", unit="img", disable=not progress, mininterval=1):
+        with Image.open(io.BytesIO(data)) as img:
+            img = img.convert("RGB")
+            if image_size:
+                img = img.resize((image_size, image_size), Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
+        if arrays and arr.shape != arrays[0].shape:
+            raise DataNotFoundError(f"{source}: image {split}/{cls}/{name} is {arr.shape[:2]}, others {arrays[0].shape[:2]}; set data.options.image_size to resize")
+        arrays.append(arr)
+        labels.append(class_index[cls])
+        splits.append(split)
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    labels_t = torch.tensor(labels, dtype=torch.int64)
+    split_names = np.array(splits)
+    if "all" in split_names:
+        # No train/test folders: carve a fixed test split (seeded, so it never changes between runs).
+        perm = torch.randperm(len(labels_t), generator=torch.Generator().manual_seed(0))
+        n_test = max(1, int(round(len(perm) * test_fraction)))
+        test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values
+    else:
+        train_idx = torch.from_numpy(np.nonzero(split_names == "train")[0])
+        test_idx = torch.from_numpy(np.nonzero(split_names == "test")[0])
+    return {"format": CACHE_FORMAT, "classes": classes,
+            "train_images": images[train_idx], "train_labels": labels_t[train_idx],
+            "test_images": images[test_idx], "test_labels": labels_t[test_idx]}
+
+
+def _fingerprint(source: Path) -> str:
+    if source.is_file():
+        return sha256_of(source)
+    listing = "\n".join(f"{p.relative_to(source)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(source.rglob("*")) if p.is_file())
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def load_image_folder(source: Path, cache_dir: Path, name: str, options: dict) -> ImageDataset:
+    """Decode `source` (folder or archive) into a cached uint8 tensor file, keyed by its content, and load it."""
+    image_size = options.get("image_size")
+    test_fraction = float(options.get("test_fraction", 0.1))
+    key = hashlib.sha256(f"{_fingerprint(source)}:{image_size}:{test_fraction}:{CACHE_FORMAT}".encode()).hexdigest()[:16]
+    cache = Path(cache_dir).expanduser() / f"{name}-{key}.pt"
+    if cache.exists():
+        blob = load_tensors(cache)
+    else:
+        blob = decode_image_folder(source, image_size, test_fraction, progress=options.get("progress", True))
+        save_tensors_atomic(blob, cache)
+    train = ImageSplit(blob["train_images"], blob["train_labels"])
+    test = ImageSplit(blob["test_images"], blob["test_labels"])
+    mean = tuple((train.images.float().mean(dim=(0, 2, 3)) / 255).tolist()) if len(train) else (0.5,) * 3
+    std = tuple((train.images.float().std(dim=(0, 2, 3)) / 255).tolist()) if len(train) else (0.25,) * 3
+    return ImageDataset(name, train, test, tuple(blob["classes"]), mean, std, source=str(source), extra={"cache": str(cache)})
+
+
+@register_dataset("imagefolder", "Your images: class sub-folders (or train/ and test/ of them), a folder or .tar/.tar.xz; set data.path")
+def load_user_image_folder(request: DatasetRequest) -> ImageDataset:
+    """A user's image folder or archive given by data.path."""
+    if request.path is None:
+        raise DataNotFoundError("data.path must name the image folder or archive for dataset 'imagefolder'")
+    source = Path(request.path).expanduser()
+    if not source.exists():
+        raise DataNotFoundError(f"data.path {source} does not exist")
+    return load_image_folder(source, request.cache_dir, "imagefolder", request.options)
+
+
+@register_dataset("cifar10_jpeg", "CIFAR-10 (JPEG copy, cifar10-jpeg.tar.xz, sha256-checked; 50k train, 10k test)")
+def load_cifar10_jpeg(request: DatasetRequest) -> ImageDataset:
+    """The CIFAR-10 JPEG re-encoding: lossy, so figures from it say 'CIFAR-10 (JPEG copy)'."""
+    archive = Path(request.path).expanduser() if request.path else fetch(CIFAR10_JPEG_ARCHIVE, request.roots, None, CIFAR10_JPEG_SHA256, False)
+    data = load_image_folder(archive, request.cache_dir, "cifar10_jpeg", request.options)
+    # Normalise with the canonical CIFAR-10 statistics so checkpoints move between the two copies.
+    return ImageDataset("cifar10_jpeg", data.train, data.test, data.classes, CIFAR10_MEAN, CIFAR10_STD, source=data.source, extra=data.extra)

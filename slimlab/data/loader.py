@@ -1,0 +1,73 @@
+"""Batches on the training device: seeded order, whole-batch crop/flip augmentation and normalization."""
+from __future__ import annotations
+
+import torch
+
+from slimlab.data import ImageSplit
+
+
+def split_validation(train: ImageSplit, val_size: int, seed: int) -> tuple[ImageSplit, ImageSplit]:
+    """Carve a fixed validation split from the training set (seeded; the test set is never touched)."""
+    if val_size <= 0:
+        return train, ImageSplit(train.images[:0], train.labels[:0])
+    if val_size >= len(train):
+        raise ValueError(f"data.val_size={val_size} leaves no training images (train has {len(train)})")
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    return train.subset(perm[val_size:].sort().values), train.subset(perm[:val_size].sort().values)
+
+
+def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Zero-padded random crop and horizontal flip of a whole uint8 batch with one gather, no per-image Python."""
+    n, c, h, w = images.shape
+    device = images.device
+    out = images
+    if padding > 0:
+        padded = torch.nn.functional.pad(images, (padding,) * 4)
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
+        rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
+        out = padded[torch.arange(n, device=device)[:, None, None, None], torch.arange(c, device=device)[None, :, None, None], rows, cols]
+    if flip:
+        mask = (torch.rand(n, generator=generator) < 0.5).to(device)[:, None, None, None]
+        out = torch.where(mask, out.flip(3), out)
+    return out
+
+
+class DeviceLoader:
+    """Iterates (float images, labels) batches; the order and augmentation are functions of (seed, epoch)."""
+
+    def __init__(self, split: ImageSplit, batch_size: int, mean, std, *, device="cpu", shuffle=False,
+                 augment=False, crop_padding=4, flip=True, seed=0, drop_last=False, channels_last=False):
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.shuffle, self.augment, self.crop_padding, self.flip = shuffle, augment, crop_padding, flip
+        self.seed, self.drop_last, self.channels_last = seed, drop_last, channels_last
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def normalize(self, images_u8: torch.Tensor) -> torch.Tensor:
+        x = (images_u8.float() - self.mean) * self.inv_std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        n = len(self.labels)
+        order = torch.randperm(n, generator=generator).to(self.device) if self.shuffle else None
+        for b in range(len(self)):
+            idx = slice(b * self.batch_size, min(n, (b + 1) * self.batch_size))
+            sel = order[idx] if order is not None else idx
+            images, labels = self.images[sel], self.labels[sel]
+            if self.augment:
+                images = random_crop_flip(images, self.crop_padding, self.flip, generator)
+            yield self.normalize(images), labels

@@ -1,0 +1,84 @@
+"""Model registry: `create_model(name, num_classes=...)`, user factories `package.module:factory`, checkpoint weights."""
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import inspect
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from slimlab.errors import ConfigError, SlimlabError
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a factory `fn(num_classes, in_channels, image_size) -> nn.Module` under its function name."""
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def list_models(pattern: str = "*") -> dict[str, str]:
+    """Registered model names matching a glob, with their one-line description."""
+    _load_builtin()
+    return {n: (f.__doc__ or "").strip().splitlines()[0] for n, f in sorted(_REGISTRY.items()) if fnmatch.fnmatch(n, pattern)}
+
+
+def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+                 weights: str | Path | None = None) -> nn.Module:
+    """Build a registered model or a user factory ('package.module:function'); optionally load a state-dict checkpoint."""
+    _load_builtin()
+    if ":" in name:
+        factory = _import_factory(name)
+    elif name in _REGISTRY:
+        factory = _REGISTRY[name]
+    else:
+        raise ConfigError(f"model.name: unknown model '{name}'; known: {', '.join(sorted(_REGISTRY))}, or 'package.module:factory'")
+    accepted = inspect.signature(factory).parameters
+    offered = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+    has_var_kw = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+    model = factory(**{k: v for k, v in offered.items() if has_var_kw or k in accepted})
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model.name: factory '{name}' returned {type(model).__name__}, not a torch.nn.Module")
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a state dict (weights_only, so a checkpoint cannot run code); accepts {'model': sd} or {'state_dict': sd} too."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise SlimlabError(f"model.weights: checkpoint {path} does not exist")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise SlimlabError(f"model.weights: {path} is not a plain state-dict checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+    for key in ("model", "state_dict", "model_state"):
+        if isinstance(blob, dict) and isinstance(blob.get(key), dict):
+            blob = blob[key]
+    blob = {k.removeprefix("module."): v for k, v in blob.items()}
+    try:
+        model.load_state_dict(blob)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] + " " + " ".join(str(exc).splitlines()[1:2])
+        raise SlimlabError(f"model.weights: {path} does not fit the model: {first.strip()}") from exc
+
+
+def _import_factory(spec: str) -> Callable[..., nn.Module]:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"model.name: cannot import module '{module_name}' ({exc})") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"model.name: '{module_name}' has no callable '{attr}'")
+    return factory
+
+
+def _load_builtin() -> None:
+    from slimlab.models import lenet, resnet_cifar, resnet_imagenet, vgg  # noqa: F401

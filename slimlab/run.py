@@ -1,0 +1,208 @@
+"""The only place that sequences one experiment: data -> model -> train -> compression steps -> measure -> store."""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from slimlab import measure
+from slimlab.config import ExperimentConfig, config_hash
+from slimlab.data import DatasetRequest, ImageDataset, ImageSplit, load_dataset
+from slimlab.data.loader import DeviceLoader, split_validation
+from slimlab.errors import SlimlabError
+from slimlab.models import create_model
+from slimlab.steps import step_kinds
+from slimlab.store import DEFAULT_STORE, RunRecord, Store
+from slimlab.train import TrainingDiverged, TrainState, evaluate, train
+
+TRAINED_WEIGHTS = "trained.pt"  # float weights after training, before any compression step
+DEFAULT_DATA_ROOTS = [Path("~/.cache/slimlab/data"), Path(__file__).resolve().parents[2] / "shared" / "datasets"]
+
+
+def data_roots(config: ExperimentConfig) -> tuple[Path, ...]:
+    """Where dataset files are looked for: data.root, then $SLIMLAB_DATA, then ~/.cache/slimlab/data and ../shared/datasets."""
+    env = [Path(p) for p in os.environ.get("SLIMLAB_DATA", "").split(os.pathsep) if p]
+    return tuple(Path(r).expanduser() for r in [*config.data.root, *env, *DEFAULT_DATA_ROOTS])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SlimlabError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+@dataclass
+class Prepared:
+    """The data side of an experiment, ready for training and measurement."""
+
+    dataset: ImageDataset
+    train: ImageSplit
+    val: ImageSplit
+    test: ImageSplit
+    device: torch.device
+
+    def loader(self, split: ImageSplit, batch_size: int, config: ExperimentConfig, training: bool = False) -> DeviceLoader:
+        return DeviceLoader(split, batch_size, self.dataset.mean, self.dataset.std, device=self.device, shuffle=training,
+                            augment=training, crop_padding=config.data.crop_padding, flip=config.data.flip, seed=config.seed,
+                            drop_last=training, channels_last=config.train.channels_last and split.images.shape[1] > 1)
+
+
+def prepare_data(config: ExperimentConfig, progress: bool = True) -> Prepared:
+    request = DatasetRequest(roots=data_roots(config), cache_dir=Path("~/.cache/slimlab").expanduser(), download=config.data.download,
+                             path=Path(config.data.path) if config.data.path else None, options={"progress": progress, **config.data.options})
+    dataset = load_dataset(config.data.name, request)
+    train_split, val_split = split_validation(dataset.train, config.data.val_size, seed=config.seed)
+    if config.data.train_subset:
+        train_split = train_split.subset(torch.arange(min(config.data.train_subset, len(train_split))))
+    test = dataset.test
+    if config.data.test_subset:
+        test = test.subset(torch.arange(min(config.data.test_subset, len(test))))
+    return Prepared(dataset, train_split, val_split, test, resolve_device(config.train.device))
+
+
+@dataclass
+class StepContext:
+    """What a compression step may use, and where it reports; steps never write files themselves."""
+
+    config: ExperimentConfig
+    data: Prepared
+    progress: bool
+    metrics: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)
+    artifacts: dict[str, bytes] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    measure_device: torch.device | None = None
+    # A step whose result is not TorchScript-able (an ONNX Runtime session) supplies its own deployable file.
+    serialize: Callable[[nn.Module, torch.Tensor], tuple[bytes, str]] | None = None
+
+    def train_loader(self, batch_size: int | None = None) -> DeviceLoader:
+        return self.data.loader(self.data.train, batch_size or self.config.train.batch_size, self.config, training=True)
+
+    def calibration_loader(self, batch_size: int = 64) -> DeviceLoader:
+        """Validation images if carved out, else training images; never the test set."""
+        split = self.data.val if len(self.data.val) else self.data.train
+        return self.data.loader(split, batch_size, self.config)
+
+    def test_loader(self, batch_size: int | None = None, device: torch.device | None = None) -> DeviceLoader:
+        loader = self.data.loader(self.data.test, batch_size or self.config.measure.eval_batch_size, self.config)
+        if device is not None and device != loader.device:
+            loader = DeviceLoader(self.data.test, loader.batch_size, self.data.dataset.mean, self.data.dataset.std, device=device)
+        return loader
+
+
+def run(config: ExperimentConfig, store: Store | str | Path = DEFAULT_STORE, progress: bool = True, force: bool = False) -> RunRecord:
+    """Train, compress, measure and record one experiment; a `done` run with the same config is returned without work."""
+    store = store if isinstance(store, Store) else Store(store)
+    run_id = config_hash(config)
+    existing = store.get(run_id)
+    if existing is not None and existing.status == "done" and not force:
+        return existing
+    config_json = config.model_dump(mode="json")
+    store.start(run_id, config_json, config.name)
+    try:
+        metrics, notes, env, history = _execute(config, run_id, store, progress)
+    except TrainingDiverged as exc:
+        store.fail(run_id, str(exc))
+        return store.get(run_id)
+    except BaseException as exc:
+        store.fail(run_id, f"{type(exc).__name__}: {exc}" if not isinstance(exc, KeyboardInterrupt) else "interrupted")
+        raise
+    store.finish(run_id, metrics, notes, env, history)
+    return store.get(run_id)
+
+
+def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool):
+    data = prepare_data(config, progress)
+    device = data.device
+    torch.manual_seed(config.seed)
+    c, h, w = data.dataset.image_shape
+    model = create_model(config.model.name, data.dataset.num_classes, c, h, weights=config.model.weights).to(device)
+    if config.train.channels_last and c > 1:
+        model = model.to(memory_format=torch.channels_last)
+
+    history, energy = _train_stage(config, model, data, run_id, store, progress)
+    train_seconds = sum(r["seconds"] for r in history)
+
+    context = StepContext(config, data, progress, history=history)
+    if config.steps:  # the float reference the compression steps are judged against
+        context.metrics.update(_accuracy(model, context, "float_"))
+    kinds = step_kinds()
+    for i, step in enumerate(config.steps):
+        cfg = kinds[step["kind"]].config_type.model_validate({k: v for k, v in step.items() if k != "kind"})
+        model = kinds[step["kind"]].apply(model, cfg, context)
+
+    metrics = {"train_seconds": train_seconds, "train_epochs": len(history), **context.metrics}
+    if history and "val_top1" in history[-1]:
+        metrics["val_top1"] = history[-1]["val_top1"]
+    notes = dict(context.notes)
+    if energy.joules is not None:
+        metrics["train_energy_j"] = energy.joules
+        notes["train_energy_j"] = f"measured with {energy.source} over the training loop"
+    else:
+        notes["energy"] = f"not measured: {energy.reason}"
+    metrics.update(_measure_model(model, context, run_id, store, notes))
+    for name, blob in context.artifacts.items():
+        store.save_artifact(run_id, name, blob)
+    return metrics, notes, measure.environment(context.measure_device or device), history
+
+
+def _train_stage(config, model, data: Prepared, run_id: str, store: Store, progress: bool):
+    """Train with per-epoch checkpoints in the store; a resumed run continues from the last finished epoch."""
+    meter = measure.EnergyMeter(data.device)
+    if config.train.epochs == 0:
+        meter.reason = "no training"
+        return [], meter
+    saved = store.load_checkpoint(run_id)
+    resume = TrainState.from_dict(saved) if saved else None
+    train_loader = data.loader(data.train, config.train.batch_size, config, training=True)
+    val_loader = data.loader(data.val, config.measure.eval_batch_size, config) if len(data.val) else None
+    with meter:
+        history = train(model, train_loader, config.train, val_loader=val_loader, resume=resume, progress=progress,
+                        save_checkpoint=lambda state: store.save_checkpoint(run_id, state.to_dict()))
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    store.save_checkpoint(run_id, weights, TRAINED_WEIGHTS)
+    return history, meter
+
+
+def _accuracy(model: nn.Module, context: StepContext, prefix: str = "") -> dict:
+    device = context.measure_device or context.data.device
+    result = evaluate(model, context.test_loader(device=device), amp=context.config.train.amp, progress=context.progress, desc="test")
+    return {f"{prefix}top1": result["top1"], f"{prefix}top5": result["top5"], f"{prefix}test_loss": result["loss"]}
+
+
+def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: Store, notes: dict) -> dict:
+    """Accuracy, size of the saved deployable file, counts and latency of the final model."""
+    cfg = context.config.measure
+    device = context.measure_device or context.data.device
+    model = model.to(device) if not _is_quantized(model) else model
+    metrics = _accuracy(model, context)
+    test = context.data.test
+    example = context.test_loader(batch_size=1, device=device).normalize(test.images[:1].to(device))
+    blob, fmt = (context.serialize or measure.serialize_deployable)(model, example)
+    path = store.save_artifact(run_id, "model.onnx" if fmt == "onnx" else "model.pt", blob)
+    metrics.update(measure.size_figures(blob))
+    notes["model_size_bytes"] = f"bytes of {path.name} ({fmt}) on disk; deflate = zlib level 9 of the same bytes"
+    metrics.update(measure.count_parameters(model))
+    metrics.update(measure.count_macs(copy.deepcopy(model) if not _is_quantized(model) else model, example))
+    if cfg.latency:
+        threads = cfg.threads or torch.get_num_threads()
+        for batch in cfg.batch_sizes:
+            index = torch.arange(batch) % len(test)
+            x = context.test_loader(device=device).normalize(test.images[index].to(device))
+            lat = measure.measure_latency(model, x, cfg.warmup, cfg.repeats, threads)
+            metrics[f"latency_b{batch}_median_ms"] = lat["median_ms"]
+            metrics[f"latency_b{batch}_p90_ms"] = lat["p90_ms"]
+            metrics[f"throughput_b{batch}_per_s"] = lat["throughput_per_s"]
+        metrics["latency_threads"] = threads
+        notes["latency"] = f"median and p90 of {cfg.repeats} timed forward passes after {cfg.warmup} warm-up, {threads} threads, {lat['timer']} on {device}"
+    return metrics
+
+
+def _is_quantized(model: nn.Module) -> bool:
+    return any(getattr(b, "is_quantized", False) for b in list(model.buffers())[:0]) or any(
+        type(m).__module__.startswith("torch.ao.nn.quantized") and not type(m).__name__ == "FloatFunctional" for m in model.modules())

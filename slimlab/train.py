@@ -1,0 +1,176 @@
+"""The one training loop: SGD + schedule, per-epoch history, checkpoint/resume hooks, callbacks for masks and fake-quant."""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+
+from slimlab.config import TrainConfig
+from slimlab.data.loader import DeviceLoader
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run is marked failed with this message."""
+
+
+class Callback(Protocol):
+    """Optional hooks; a callback implements any subset of them."""
+
+    def on_epoch_start(self, epoch: int, model: nn.Module) -> None: ...
+    def on_step_end(self, model: nn.Module) -> None: ...
+    def on_epoch_end(self, epoch: int, model: nn.Module, record: dict) -> None: ...
+
+
+@dataclass
+class TrainState:
+    """Everything needed to resume: weights, optimizer, next epoch, history so far."""
+
+    model: dict
+    optimizer: dict
+    epoch: int
+    history: list[dict] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "optimizer": self.optimizer, "epoch": self.epoch, "history": self.history, "extra": self.extra}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainState":
+        return cls(d["model"], d["optimizer"], d["epoch"], d.get("history", []), d.get("extra", {}))
+
+
+def lr_multiplier(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """Learning-rate factor at optimizer step `step` (0-based): linear warm-up, then the chosen decay."""
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    floor = cfg.final_lr_fraction
+    if cfg.schedule == "onecycle":  # linear decay to the floor after the warm-up peak
+        return floor + (1 - floor) * max(0.0, 1 - progress)
+    if cfg.schedule == "cosine":
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if cfg.schedule == "step":
+        done = step / max(1, total_steps)
+        return cfg.gamma ** sum(done >= m for m in cfg.milestones)
+    return 1.0
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD; batch-norm weights and biases skip weight decay unless asked (decay on them only hurts small nets)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 or cfg.decay_norm_and_bias else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+def autocast_for(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when asked; plain fp32 on CPU, so CPU runs stay reproducible."""
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DeviceLoader, amp: bool = False, max_batches: int | None = None,
+             progress: bool = False, desc: str = "eval") -> dict:
+    """Top-1, top-5 accuracy (%) and mean cross-entropy over a loader."""
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = 0
+    loss_sum, n = 0.0, 0
+    total = len(loader) if max_batches is None else min(len(loader), max_batches)
+    for b, (x, y) in enumerate(tqdm(loader, total=total, desc=desc, leave=False, disable=not progress)):
+        if max_batches is not None and b >= max_batches:
+            break
+        with autocast_for(loader.device, amp):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += (top[:, 0] == y).sum().item()
+        correct5 += (top == y[:, None]).any(dim=1).sum().item()
+        n += y.numel()
+    model.train(was_training)
+    if n == 0:
+        return {}
+    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n, "samples": n}
+
+
+def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val_loader: DeviceLoader | None = None,
+          resume: TrainState | None = None, save_checkpoint: Callable[[TrainState], None] | None = None,
+          callbacks: list = (), progress: bool = True, desc: str = "train") -> list[dict]:
+    """Train in place for cfg.epochs; returns the per-epoch history. Raises TrainingDiverged on a non-finite loss."""
+    from tqdm import tqdm
+
+    device = train_loader.device
+    optimizer = make_optimizer(model, cfg)
+    history: list[dict] = []
+    start_epoch = 0
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        start_epoch, history = resume.epoch, list(resume.history)
+    steps_per_epoch = len(train_loader) if cfg.max_batches_per_epoch is None else min(len(train_loader), cfg.max_batches_per_epoch)
+    total_steps = steps_per_epoch * cfg.epochs
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    base_lrs = [g["lr"] for g in optimizer.param_groups] if resume is None else [cfg.lr] * len(optimizer.param_groups)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        for cb in callbacks:
+            getattr(cb, "on_epoch_start", lambda *a: None)(epoch, model)
+        train_loader.set_epoch(epoch)
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen = 0
+        bar = tqdm(total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress, mininterval=1)
+        for b, (x, y) in enumerate(train_loader):
+            if b >= steps_per_epoch:
+                break
+            factor = lr_multiplier(epoch * steps_per_epoch + b, total_steps, steps_per_epoch, cfg)
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * factor
+            with autocast_for(device, cfg.amp):
+                logits = model(x)
+                loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for cb in callbacks:
+                getattr(cb, "on_step_end", lambda *a: None)(model)
+            loss_sum += loss.detach() * y.numel()
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.numel()
+            # Checking every step costs nothing on CPU; on CUDA it would sync, so look every 50 steps there.
+            if (device.type != "cuda" or b % 50 == 0) and not torch.isfinite(loss_sum):
+                bar.close()
+                raise TrainingDiverged(f"non-finite training loss at epoch {epoch + 1}, batch {b + 1} (lr {base_lrs[0] * factor:.4g})")
+            bar.update(1)
+        bar.close()
+        if not torch.isfinite(loss_sum):
+            raise TrainingDiverged(f"non-finite training loss in epoch {epoch + 1}")
+        record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(1, seen), "train_top1": 100.0 * correct.item() / max(1, seen),
+                  "lr": base_lrs[0] * factor, "seconds": time.perf_counter() - started}
+        if val_loader is not None and len(val_loader.labels):
+            val = evaluate(model, val_loader, amp=cfg.amp)
+            record.update(val_top1=val["top1"], val_loss=val["loss"])
+        for cb in callbacks:
+            getattr(cb, "on_epoch_end", lambda *a: None)(epoch, model, record)
+        history.append(record)
+        if progress:
+            val_text = f", val {record['val_top1']:.2f}%" if "val_top1" in record else ""
+            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f}, train {record['train_top1']:.2f}%{val_text}, {record['seconds']:.0f}s")
+        if save_checkpoint is not None:
+            save_checkpoint(TrainState(model.state_dict(), optimizer.state_dict(), epoch + 1, history))
+    return history
