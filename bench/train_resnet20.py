@@ -26,4 +26,4 @@ print(json.dumps({"id": record.id, "status": record.status, "error": record.erro
                   "model": config.model.name, "epochs": m.get("train_epochs"), "top1": m.get("top1"), "top5": m.get("top5"),
                   "train_seconds": m.get("train_seconds"), "train_minutes": round(m.get("train_seconds", 0) / 60, 1),
                   "threads": record.env.get("torch_threads"), "cpu": record.env.get("cpu"),
-                  "weights": str(Path(args.store) / "runs" / record.id / "trained.pt")}, indent=1))
+                  "weights": record.notes.get("trained_weights")}, indent=1))

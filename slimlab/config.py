@@ -32,10 +32,28 @@ class DataConfig(Strict):
     flip: bool = True
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v):
+        from slimlab.data import list_datasets
+
+        if v not in list_datasets():
+            raise ValueError(f"unknown dataset '{v}'; known: {', '.join(list_datasets())}")
+        return v
+
 
 class ModelConfig(Strict):
     name: str = "resnet20"
     weights: str | None = Field(None, description="a state-dict checkpoint to load instead of (or before) training")
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v):
+        from slimlab.models import list_models
+
+        if ":" not in v and v not in list_models():
+            raise ValueError(f"unknown model '{v}'; known: {', '.join(list_models())}, or 'package.module:factory'")
+        return v
 
 
 class TrainConfig(Strict):
@@ -117,6 +135,14 @@ def config_hash(config: ExperimentConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def training_hash(config: ExperimentConfig) -> str:
+    """Key of the training stage alone (seed, data, model, train): runs that differ only in steps or measurement
+    share one trained model, so a study's dense parent is trained once."""
+    payload = config.model_dump(mode="json", include={"seed", "data", "model", "train"})
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"slimlab-schema-{SCHEMA_VERSION}:train:{text}".encode()).hexdigest()[:16]
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'train.epochs=5' -> (['train', 'epochs'], 5); the value is read as YAML so numbers, lists and bools work."""
     if "=" not in text:
@@ -128,15 +154,25 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Set dotted keys; a number addresses a list item, as in steps.0.amount=0.5."""
     merged = json.loads(json.dumps(raw))
     for text in overrides:
         keys, value = parse_override(text)
         node = merged
-        for k in keys[:-1]:
-            if not isinstance(node.setdefault(k, {}), dict):
-                raise ConfigError(f"--set {text!r}: '{k}' is not a section")
-            node = node[k]
-        node[keys[-1]] = value
+        for depth, k in enumerate(keys):
+            last = depth == len(keys) - 1
+            if isinstance(node, list):
+                if not k.isdigit() or int(k) >= len(node):
+                    raise ConfigError(f"--set {text!r}: '{k}' is not an index of the {len(node)}-item list before it")
+                k = int(k)
+            elif not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: '{keys[depth - 1]}' is not a section")
+            if last:
+                node[k] = value
+            else:
+                if isinstance(node, dict):
+                    node.setdefault(k, {})
+                node = node[k]
     return merged
 
 
@@ -147,7 +183,7 @@ def build_config(raw: dict, source: str = "config") -> ExperimentConfig:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         got = "" if err["type"] == "extra_forbidden" else f" (got {err.get('input')!r})"
         more = f" and {exc.error_count() - 1} more problem(s)" if exc.error_count() > 1 else ""
         raise ConfigError(f"{source}: {where}: {message}{got}{more}") from None

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from slimlab import measure
-from slimlab.config import ExperimentConfig, config_hash
+from slimlab.config import ExperimentConfig, config_hash, training_hash
 from slimlab.data import DatasetRequest, ImageDataset, ImageSplit, load_dataset
 from slimlab.data.loader import DeviceLoader, split_validation
 from slimlab.errors import SlimlabError
@@ -20,7 +20,8 @@ from slimlab.steps import step_kinds
 from slimlab.store import DEFAULT_STORE, RunRecord, Store
 from slimlab.train import TrainingDiverged, TrainState, evaluate, train
 
-TRAINED_WEIGHTS = "trained.pt"  # float weights after training, before any compression step
+TRAINED_WEIGHTS = "trained.pt"  # float weights and history after training, before any compression step
+STEP_TRAIN_SECONDS = ("quant_qat_seconds", "prune_retrain_seconds")  # step metrics that count as training time
 DEFAULT_DATA_ROOTS = [Path("~/.cache/slimlab/data"), Path(__file__).resolve().parents[2] / "shared" / "datasets"]
 
 
@@ -77,6 +78,7 @@ class StepContext:
     artifacts: dict[str, bytes] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     measure_device: torch.device | None = None
+    weights_at_epoch: dict[int, dict] = field(default_factory=dict)  # snapshots asked for by steps (late rewinding)
     # A step whose result is not TorchScript-able (an ONNX Runtime session) supplies its own deployable file.
     serialize: Callable[[nn.Module, torch.Tensor], tuple[bytes, str]] | None = None
 
@@ -125,18 +127,23 @@ def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool
     if config.train.channels_last and c > 1:
         model = model.to(memory_format=torch.channels_last)
 
-    history, energy = _train_stage(config, model, data, run_id, store, progress)
+    snapshots: dict[int, dict] = {}
+    history, energy = _train_stage(config, model, data, store, progress, snapshots)
     train_seconds = sum(r["seconds"] for r in history)
 
-    context = StepContext(config, data, progress, history=history)
+    context = StepContext(config, data, progress, history=list(history), weights_at_epoch=snapshots)
+    context.notes["trained_weights"] = str(store.training_dir(training_hash(config)) / TRAINED_WEIGHTS)
     if config.steps:  # the float reference the compression steps are judged against
         context.metrics.update(_accuracy(model, context, "float_"))
+    float_counts = {**measure.count_parameters(model), **measure.count_macs(copy.deepcopy(model), _example(context, 1))} if config.steps else {}
     kinds = step_kinds()
-    for i, step in enumerate(config.steps):
+    for step in config.steps:
         cfg = kinds[step["kind"]].config_type.model_validate({k: v for k, v in step.items() if k != "kind"})
         model = kinds[step["kind"]].apply(model, cfg, context)
 
     metrics = {"train_seconds": train_seconds, "train_epochs": len(history), **context.metrics}
+    # Training time of the whole recipe: the float training plus any fine-tuning a step did (QAT, pruning rounds).
+    metrics["total_train_seconds"] = train_seconds + sum(v for k, v in context.metrics.items() if k in STEP_TRAIN_SECONDS)
     if history and "val_top1" in history[-1]:
         metrics["val_top1"] = history[-1]["val_top1"]
     notes = dict(context.notes)
@@ -145,27 +152,61 @@ def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool
         notes["train_energy_j"] = f"measured with {energy.source} over the training loop"
     else:
         notes["energy"] = f"not measured: {energy.reason}"
-    metrics.update(_measure_model(model, context, run_id, store, notes))
+    metrics.update(_measure_model(model, context, run_id, store, notes, float_counts))
     for name, blob in context.artifacts.items():
         store.save_artifact(run_id, name, blob)
     return metrics, notes, measure.environment(context.measure_device or device), history
 
 
-def _train_stage(config, model, data: Prepared, run_id: str, store: Store, progress: bool):
-    """Train with per-epoch checkpoints in the store; a resumed run continues from the last finished epoch."""
+def _snapshot_epochs(config: ExperimentConfig) -> set[int]:
+    """Epochs whose weights a step will rewind to (late rewinding), saved while training so nothing is replayed."""
+    return {int(step["rewind_epoch"]) for step in config.steps if step.get("rewind_epoch")}
+
+
+class _EpochSnapshots:
+    """Training callback: keep the weights after the given epochs, in memory and in the store."""
+
+    def __init__(self, epochs: set[int], save: Callable[[int, dict], None]):
+        self.epochs, self.save = epochs, save
+
+    def on_epoch_end(self, epoch: int, model: nn.Module, record: dict) -> None:
+        if epoch + 1 in self.epochs:
+            self.save(epoch + 1, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+
+
+def _train_stage(config, model, data: Prepared, store: Store, progress: bool, snapshots: dict[int, dict]):
+    """Train once per training config: checkpoints each epoch, resume after a kill, reuse a finished training."""
     meter = measure.EnergyMeter(data.device)
     if config.train.epochs == 0:
         meter.reason = "no training"
         return [], meter
-    saved = store.load_checkpoint(run_id)
+    key = training_hash(config)
+    wanted = _snapshot_epochs(config)
+    finished = store.load_training_file(key, TRAINED_WEIGHTS)
+    for epoch in wanted:
+        if (saved := store.load_training_file(key, f"weights_epoch{epoch}.pt")) is not None:
+            snapshots[epoch] = saved
+    if finished is not None and wanted <= set(snapshots):
+        model.load_state_dict(finished["model"])
+        meter.reason = "training reused from an earlier run with the same seed, data, model and train config"
+        return finished["history"], meter
+
+    def keep(epoch: int, state: dict) -> None:
+        snapshots[epoch] = state
+        store.save_training_file(key, f"weights_epoch{epoch}.pt", state)
+
+    saved = store.load_training_file(key, store.CHECKPOINT)
     resume = TrainState.from_dict(saved) if saved else None
+    if resume is not None and wanted - set(snapshots) and min(wanted - set(snapshots)) <= resume.epoch:
+        resume = None  # a snapshot epoch was passed before it was asked for: train again from the start
     train_loader = data.loader(data.train, config.train.batch_size, config, training=True)
     val_loader = data.loader(data.val, config.measure.eval_batch_size, config) if len(data.val) else None
     with meter:
         history = train(model, train_loader, config.train, val_loader=val_loader, resume=resume, progress=progress,
-                        save_checkpoint=lambda state: store.save_checkpoint(run_id, state.to_dict()))
+                        callbacks=[_EpochSnapshots(wanted, keep)] if wanted else [],
+                        save_checkpoint=lambda state: store.save_training_file(key, store.CHECKPOINT, state.to_dict()))
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    store.save_checkpoint(run_id, weights, TRAINED_WEIGHTS)
+    store.save_training_file(key, TRAINED_WEIGHTS, {"model": weights, "history": history})
     return history, meter
 
 
@@ -175,26 +216,33 @@ def _accuracy(model: nn.Module, context: StepContext, prefix: str = "") -> dict:
     return {f"{prefix}top1": result["top1"], f"{prefix}top5": result["top5"], f"{prefix}test_loss": result["loss"]}
 
 
-def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: Store, notes: dict) -> dict:
+def _example(context: StepContext, batch: int, device: torch.device | None = None) -> torch.Tensor:
+    """`batch` normalized test images (repeated if the test set is smaller), for tracing and timing."""
+    device = device or context.measure_device or context.data.device
+    test = context.data.test
+    return context.test_loader(batch_size=batch, device=device).normalize(test.images[torch.arange(batch) % len(test)].to(device))
+
+
+def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: Store, notes: dict, float_counts: dict) -> dict:
     """Accuracy, size of the saved deployable file, counts and latency of the final model."""
     cfg = context.config.measure
     device = context.measure_device or context.data.device
     model = model.to(device) if not _is_quantized(model) else model
     metrics = _accuracy(model, context)
-    test = context.data.test
-    example = context.test_loader(batch_size=1, device=device).normalize(test.images[:1].to(device))
+    example = _example(context, 1, device)
     blob, fmt = (context.serialize or measure.serialize_deployable)(model, example)
     path = store.save_artifact(run_id, "model.onnx" if fmt == "onnx" else "model.pt", blob)
     metrics.update(measure.size_figures(blob))
     notes["model_size_bytes"] = f"bytes of {path.name} ({fmt}) on disk; deflate = zlib level 9 of the same bytes"
-    metrics.update(measure.count_parameters(model))
-    metrics.update(measure.count_macs(copy.deepcopy(model) if not _is_quantized(model) else model, example))
+    counts = {**measure.count_parameters(model), **measure.count_macs(copy.deepcopy(model) if not _is_quantized(model) else model, example)}
+    if counts["params"] == 0 and float_counts:  # an engine outside torch (ONNX Runtime): same layers as the float model
+        counts = float_counts
+        notes["params"] = "params and macs of the model handed to the engine; its weights live outside torch"
+    metrics.update(counts)
     if cfg.latency:
         threads = cfg.threads or torch.get_num_threads()
         for batch in cfg.batch_sizes:
-            index = torch.arange(batch) % len(test)
-            x = context.test_loader(device=device).normalize(test.images[index].to(device))
-            lat = measure.measure_latency(model, x, cfg.warmup, cfg.repeats, threads)
+            lat = measure.measure_latency(model, _example(context, batch, device), cfg.warmup, cfg.repeats, threads)
             metrics[f"latency_b{batch}_median_ms"] = lat["median_ms"]
             metrics[f"latency_b{batch}_p90_ms"] = lat["p90_ms"]
             metrics[f"throughput_b{batch}_per_s"] = lat["throughput_per_s"]
@@ -204,5 +252,5 @@ def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: S
 
 
 def _is_quantized(model: nn.Module) -> bool:
-    return any(getattr(b, "is_quantized", False) for b in list(model.buffers())[:0]) or any(
-        type(m).__module__.startswith("torch.ao.nn.quantized") and not type(m).__name__ == "FloatFunctional" for m in model.modules())
+    """True for converted int8 models, which run on the CPU only."""
+    return any(type(m).__module__.startswith("torch.ao.nn.quantized") and type(m).__name__ != "FloatFunctional" for m in model.modules())

@@ -47,8 +47,8 @@ def validate_step(index: int, raw: dict) -> dict:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise ValueError(f"step {index} ({kind}): {where}: {msg}") from None
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        raise ValueError(f"step {index} ({kind}): {where + ': ' if where else ''}{msg}") from None
     return {"kind": kind, **parsed.model_dump(mode="json")}
 
 

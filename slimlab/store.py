@@ -74,6 +74,10 @@ class Store:
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
 
+    def training_dir(self, training_key: str) -> Path:
+        """Checkpoints of one training stage, shared by every run with the same seed, data, model and train config."""
+        return self.root / "trained" / training_key
+
     # --- lifecycle ---
     def start(self, run_id: str, config: dict, name: str = "") -> None:
         """Mark a run as running (creating it, or re-opening a failed/interrupted one)."""
@@ -102,15 +106,18 @@ class Store:
         write_atomic(path, data)
         return path
 
-    def save_checkpoint(self, run_id: str, state: dict, name: str = CHECKPOINT) -> None:
+    def save_training_file(self, training_key: str, name: str, state) -> Path:
+        """A checkpoint, snapshot or history of a training stage (torch.save format, written atomically)."""
         import io
 
         buffer = io.BytesIO()
         torch.save(state, buffer)
-        write_atomic(self.run_dir(run_id) / name, buffer.getvalue())
+        path = self.training_dir(training_key) / name
+        write_atomic(path, buffer.getvalue())
+        return path
 
-    def load_checkpoint(self, run_id: str, name: str = CHECKPOINT) -> dict | None:
-        path = self.run_dir(run_id) / name
+    def load_training_file(self, training_key: str, name: str):
+        path = self.training_dir(training_key) / name
         return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
 
     # --- queries ---

@@ -1,6 +1,7 @@
 """CIFAR-10 and CIFAR-100 from their canonical python-pickle batches, read with a restricted unpickler."""
 from __future__ import annotations
 
+import codecs
 import io
 import pickle
 import tarfile
@@ -21,13 +22,26 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 
 
+# The canonical batches store `data` as a numpy uint8 array, so numpy's array reconstructor is the only
+# callable allowed; every other global (os.system, builtins.eval, ...) is refused before it can run.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 spell bytes
+}
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles plain containers, strings, bytes and numbers only; any class or function is refused.
+    """Unpickles plain containers, strings, bytes, numbers and plain numpy arrays; any other class or function is refused.
 
     CIFAR batches are pickles, and a pickle can run arbitrary code through find_class.
     """
 
     def find_class(self, module, name):
+        if (module, name) in _ALLOWED_GLOBALS:
+            if name == "_reconstruct":
+                return np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's own reconstructor, whatever its module path
+            return codecs.encode if module == "_codecs" else getattr(np, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: CIFAR batches hold only plain data")
 
 
@@ -36,11 +50,14 @@ def load_pickle_batch(data: bytes) -> dict:
     obj = RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     if not isinstance(obj, dict):
         raise pickle.UnpicklingError("a CIFAR batch must be a dict")
+    for value in obj.values():
+        if isinstance(value, np.ndarray) and value.dtype.hasobject:
+            raise pickle.UnpicklingError("a CIFAR batch must not hold object arrays")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
 def _to_split(batches: list[dict], label_key: str) -> ImageSplit:
-    rows = np.concatenate([np.frombuffer(bytes(b["data"]) if not isinstance(b["data"], np.ndarray) else b["data"].tobytes(), dtype=np.uint8) for b in batches])
+    rows = np.concatenate([np.asarray(b["data"], dtype=np.uint8).reshape(-1) for b in batches])
     images = torch.from_numpy(rows.reshape(-1, 3, 32, 32).copy())
     labels = torch.tensor([int(x) for b in batches for x in b[label_key]], dtype=torch.int64)
     return ImageSplit(images, labels)

@@ -1,0 +1,55 @@
+"""The `prune` step's config: method, scope, amount, schedule, what follows each round, controls, layer selection."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from slimlab.prune.selection import LayerFilter
+
+
+class PruneStepConfig(BaseModel):
+    """One pruning experiment applied to the trained model; every field enters the run's hash."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    method: Literal["l1", "random", "ln_structured"] = "l1"
+    scope: Literal["local", "global"] = "local"
+    amount: float = Field(0.5, ge=0, lt=1, description="final fraction of the selected weights (or channels) removed")
+    rounds: int = Field(1, ge=1, description="iterative: pruning rounds; gradual: pruning events during training")
+    schedule: Literal["oneshot", "iterative", "gradual"] = "oneshot"
+    after_round: Literal["finetune", "lr_rewind", "weight_rewind", "none"] = "finetune"
+    rewind_epoch: int = Field(0, ge=0, description="weight_rewind: 0 = initial weights, k = weights after epoch k (late rewinding)")
+    control: Literal["none", "reinit", "random_mask"] = Field(
+        "none", description="lottery-ticket controls, in the last round: fresh random weights (reinit), "
+                            "or a random mask with the same per-layer sparsity (random_mask)")
+    finetune_epochs: int = Field(1, ge=1)
+    finetune_lr: float = Field(0.01, gt=0)
+    norm: float = Field(1.0, ge=1, description="ln_structured: the n of the Ln norm ranking channels")
+    residual_channels: bool = Field(True, description="ln_structured: also prune channels tied across residual adds, as one group")
+    round_to: int = Field(1, ge=1, description="ln_structured: keep channel counts at multiples of this")
+    gradual_end: float = Field(0.75, gt=0, le=1, description="gradual: fraction of the retraining by which the final sparsity is reached")
+    spare_first_conv: bool = False
+    spare_classifier: bool = False
+    layer_types: list[Literal["conv", "linear"]] = Field(default_factory=lambda: ["conv", "linear"], min_length=1)
+    include: list[str] = Field(default_factory=lambda: ["*"], min_length=1, description="module-name globs to prune")
+    exclude: list[str] = Field(default_factory=list, description="module-name globs never pruned")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.schedule == "oneshot" and self.rounds != 1:
+            raise ValueError("rounds > 1 needs schedule 'iterative' or 'gradual'")
+        if self.rewind_epoch and self.after_round != "weight_rewind":
+            raise ValueError("rewind_epoch applies only to after_round 'weight_rewind'")
+        if self.control != "none" and self.after_round == "none":
+            raise ValueError("a control needs retraining; set after_round to weight_rewind, lr_rewind or finetune")
+        if self.schedule == "gradual" and self.after_round == "none":
+            raise ValueError("gradual pruning happens during training; set after_round to finetune, lr_rewind or weight_rewind")
+        if self.method == "ln_structured" and (self.after_round == "weight_rewind" or self.control != "none" or self.schedule == "gradual"):
+            raise ValueError("ln_structured removes channels, so weight_rewind, controls and the gradual schedule "
+                             "(which need masks) do not apply")
+        return self
+
+    def layer_filter(self) -> LayerFilter:
+        """The layer selection as the verbs take it."""
+        return LayerFilter(tuple(self.layer_types), tuple(self.include), tuple(self.exclude), self.spare_first_conv, self.spare_classifier)

@@ -1,0 +1,206 @@
+"""The `prune` experiment step: prune in rounds, retrain with the one loop, report sparsity, size, speed and accuracy per round."""
+from __future__ import annotations
+
+import itertools
+import json
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import nn
+
+from slimlab.config import TrainConfig
+from slimlab.errors import ConfigError, SlimlabError
+from slimlab.models import create_model
+from slimlab.prune import lottery
+from slimlab.prune.config import PruneStepConfig
+from slimlab.prune.footprint import footprint
+from slimlab.prune.schedules import GradualPruning, PruneFn, amount_to_reach, iterative_targets
+from slimlab.prune.selection import select_layers
+from slimlab.prune.sparse_io import save_sparse, storage_report
+from slimlab.prune.structured import prune_ln_structured_
+from slimlab.prune.unstructured import (Masks, MaskKeeper, apply_masks_, current_masks, layer_sparsity, mask_sparsity,
+                                        prune_l1_unstructured_, prune_random_unstructured_)
+from slimlab.train import evaluate, train
+
+if TYPE_CHECKING:  # slimlab.run imports the step registry, so the step names its context type for checkers only
+    from slimlab.run import StepContext
+
+REINIT_SEED_OFFSET = 7919  # the reinit control draws weights from another seed than the run's
+RANDOM_SEED_OFFSET = 104729  # random masks, so they differ from the weight initialization's draws
+
+
+def apply_prune(model: nn.Module, cfg: PruneStepConfig, context: StepContext) -> nn.Module:
+    """Prune `model` as `cfg` says, retraining between rounds; metrics, notes and artifacts go into `context`."""
+    example = example_batch(context, 1)
+    before = footprint(model, example, context.config.measure, lambda b: example_batch(context, b))
+    if cfg.method == "ln_structured":
+        sparsity, layers = _structured_rounds(model, cfg, context, example)
+    else:
+        sparsity, layers = _unstructured_rounds(model, cfg, context)
+    after = footprint(model, example, context.config.measure, lambda b: example_batch(context, b))
+    sizes = storage_report(model)
+    m = context.metrics
+    m["prune_sparsity"] = sparsity
+    m["prune_sparsity_all_params"] = 1 - after["nonzero_params"] / before["params"]
+    for key in ("params", "nonzero_params", "macs", "nonzero_macs"):
+        m[f"prune_{key}_before"], m[f"prune_{key}_after"] = before[key], after[key]
+    for key in (k for k in before if k.startswith("latency_")):
+        m[f"prune_{key}_before"], m[f"prune_{key}_after"] = before[key], after[key]
+        m[f"prune_{key.removesuffix('_median_ms')}_speedup"] = before[key] / after[key]
+    m["prune_dense_bytes"], m["prune_sparse_bytes"] = sizes["dense_bytes"], sizes["sparse_bytes"]
+    m["prune_sparse_to_dense"] = sizes["sparse_to_dense"]
+    context.artifacts["prune_layers.json"] = json.dumps(layers, indent=1, sort_keys=True).encode()
+    if cfg.method != "ln_structured":
+        context.artifacts["model_sparse.bin"] = save_sparse(model)
+        context.notes["prune_latency"] = ("unstructured sparsity on dense kernels: no speedup expected; the latency_* figures "
+                                          "time the same dense convolutions with zeros in them")
+    else:
+        context.notes["prune_latency"] = "channels physically removed: a smaller dense model, timed as such"
+    context.notes["prune_size"] = ("prune_dense_bytes: torch.save(state_dict); prune_sparse_bytes: bitmask + non-zero values "
+                                   "(model_sparse.bin, read with slimlab.prune.sparse_io.load_sparse)")
+    context.notes["prune_macs"] = "prune_nonzero_macs_*: multiply-accumulates with a non-zero weight, what a sparse kernel could skip"
+    return model
+
+
+def example_batch(context: StepContext, batch: int) -> torch.Tensor:
+    """`batch` normalized test images on the training device (repeating if the test set is smaller)."""
+    test = context.data.test
+    loader = context.test_loader()
+    return loader.normalize(test.images[torch.arange(batch) % len(test)].to(loader.device))
+
+
+def _unstructured_rounds(model: nn.Module, cfg: PruneStepConfig, context: StepContext) -> tuple[float, dict]:
+    select = cfg.layer_filter()
+    calls = itertools.count()  # a new seed per random prune, so rounds do not redraw the same scores
+
+    def prune(target_model: nn.Module, amount: float, masks: Masks | None) -> Masks:
+        if cfg.method == "random":
+            seed = context.config.seed + RANDOM_SEED_OFFSET + next(calls)
+            return prune_random_unstructured_(target_model, amount, cfg.scope, select, masks, seed=seed)
+        return prune_l1_unstructured_(target_model, amount, cfg.scope, select, masks)
+
+    masks = current_masks(model, select)
+    start = _rewind_state(model, cfg, context) if cfg.after_round == "weight_rewind" else None
+    log = []
+    if cfg.schedule == "gradual":
+        masks = _gradual(model, cfg, context, prune, masks, start)
+        log.append(_record_round(model, context, 1, mask_sparsity(masks)))
+    else:
+        for r, target in enumerate(iterative_targets(cfg.amount, cfg.rounds), 1):
+            masks = prune(model, amount_to_reach(mask_sparsity(masks), target), masks)
+            last = r == cfg.rounds
+            if last and cfg.control == "random_mask":
+                masks = lottery.random_masks_like(masks, context.config.seed + RANDOM_SEED_OFFSET)
+            source = _fresh_state(model, context) if last and cfg.control == "reinit" else start
+            if source is not None:
+                lottery.rewind_(model, source, masks)
+            else:
+                apply_masks_(model, masks)
+            if cfg.after_round != "none":
+                _retrain(model, cfg, context, [MaskKeeper(masks)], r)
+            log.append(_record_round(model, context, r, mask_sparsity(masks)))
+    per_layer = {n.removesuffix(".weight"): {"shape": list(mk.shape), "numel": mk.numel(), "nonzero": int(mk.sum()), "sparsity": s}
+                 for (n, mk), s in zip(masks.items(), layer_sparsity(masks).values())}
+    return mask_sparsity(masks), {"method": cfg.method, "scope": cfg.scope, "layers": per_layer, "rounds": log}
+
+
+def _gradual(model: nn.Module, cfg: PruneStepConfig, context: StepContext, prune: PruneFn, masks: Masks, start: dict | None) -> Masks:
+    """Zhu & Gupta: prune `rounds` times during one retraining, on the cubic schedule, reaching the target at gradual_end."""
+    if start is not None:
+        lottery.rewind_(model, start, masks)
+    train_cfg = _train_config(cfg, context)
+    loader = context.train_loader()
+    steps = min(len(loader), train_cfg.max_batches_per_epoch or len(loader)) * train_cfg.epochs
+    interval = max(1, int(cfg.gradual_end * steps) // cfg.rounds)
+    pruner = GradualPruning(prune, cfg.amount, interval, cfg.rounds, initial=mask_sparsity(masks), masks=masks)
+    _retrain(model, cfg, context, [pruner], 1)
+    masks = pruner.masks or masks
+    if mask_sparsity(masks) < cfg.amount - 1e-6:  # fewer steps than pruning events: finish the schedule now
+        masks = prune(model, amount_to_reach(mask_sparsity(masks), cfg.amount), masks)
+        context.notes["prune_gradual"] = f"training had {steps} steps for {cfg.rounds} pruning events; the last prune came after training"
+    return masks
+
+
+def _structured_rounds(model: nn.Module, cfg: PruneStepConfig, context: StepContext, example: torch.Tensor) -> tuple[float, dict]:
+    select = cfg.layer_filter()
+    shapes_before = {n: list(m.weight.shape) for n, m in select_layers(model, select).items()}
+    weights_before = sum(m.weight.numel() for m in select_layers(model, select).values())
+    channels_total = None
+    removed, log, groups = 0.0, [], []
+    for r, target in enumerate(iterative_targets(cfg.amount, cfg.rounds), 1):
+        groups = prune_ln_structured_(model, amount_to_reach(removed, target), example, cfg.scope, cfg.norm, select,
+                                      cfg.residual_channels, cfg.round_to)
+        channels_total = channels_total or sum(g.before for g in groups)
+        removed = 1 - sum(g.after for g in groups) / channels_total
+        if context.config.train.channels_last and example.dim() == 4:
+            model.to(memory_format=torch.channels_last)
+        if cfg.after_round != "none":
+            _retrain(model, cfg, context, [], r)
+        weights_after = sum(m.weight.numel() for m in select_layers(model, select).values())
+        log.append(_record_round(model, context, r, 1 - weights_after / weights_before, channels_removed=removed))
+    layers = {n: {"shape_before": shapes_before[n], "shape_after": list(m.weight.shape)} for n, m in select_layers(model, select).items()}
+    report = {"method": cfg.method, "scope": cfg.scope, "layers": layers, "rounds": log,
+              "groups": [{"producers": list(g.producers), "residual": g.residual, "channels_after_last_round": g.after} for g in groups]}
+    context.metrics["prune_channels_removed"] = removed
+    return log[-1]["sparsity"], report
+
+
+def _train_config(cfg: PruneStepConfig, context: StepContext) -> TrainConfig:
+    train_cfg = lottery.retrain_config(context.config.train, cfg.after_round, cfg.finetune_epochs, cfg.finetune_lr)
+    if train_cfg.epochs == 0:
+        raise ConfigError(f"after_round {cfg.after_round!r} retrains with train.epochs, which is 0; set train.epochs or use finetune")
+    return train_cfg
+
+
+def _retrain(model: nn.Module, cfg: PruneStepConfig, context: StepContext, callbacks: list, round_index: int) -> None:
+    records = train(model, context.train_loader(), _train_config(cfg, context), callbacks=callbacks,
+                    progress=context.progress, desc=f"prune round {round_index}")
+    context.history.extend({**rec, "prune_round": round_index} for rec in records)
+    context.metrics["prune_retrain_seconds"] = context.metrics.get("prune_retrain_seconds", 0.0) + sum(r["seconds"] for r in records)
+
+
+def _record_round(model: nn.Module, context: StepContext, r: int, sparsity: float, **extra) -> dict:
+    """Test top-1 after round r (and validation top-1 when a validation split exists) into metrics and history."""
+    amp = context.config.train.amp
+    test = evaluate(model, context.test_loader(), amp=amp, progress=context.progress, desc=f"test round {r}")
+    record = {"prune_round": r, "sparsity": sparsity, "test_top1": test["top1"], **extra}
+    if len(context.data.val):
+        record["val_top1"] = evaluate(model, context.calibration_loader(), amp=amp)["top1"]
+    context.metrics[f"round{r}_top1"], context.metrics[f"round{r}_sparsity"] = test["top1"], sparsity
+    context.history.append(record)
+    return record
+
+
+def _build(context: StepContext, pretrained: bool) -> Callable[[], nn.Module]:
+    cfg = context.config
+    c, h, _ = context.data.dataset.image_shape
+    return lambda: create_model(cfg.model.name, context.data.dataset.num_classes, c, h, weights=cfg.model.weights if pretrained else None)
+
+
+def _matching(state: dict, model: nn.Module) -> dict:
+    if {k: tuple(v.shape) for k, v in state.items()} != {k: tuple(v.shape) for k, v in model.state_dict().items()}:
+        raise SlimlabError("rewinding needs the layers that model.name builds, but an earlier step changed them")
+    return state
+
+
+def _rewind_state(model: nn.Module, cfg: PruneStepConfig, context: StepContext) -> dict:
+    """Weights to rewind to: the run's initialization (same seed, same factory) or the weights after epoch rewind_epoch."""
+    init = lottery.initial_state(_build(context, pretrained=True), context.config.seed)
+    if cfg.rewind_epoch == 0:
+        return _matching(init, model)
+    saved = getattr(context, "weights_at_epoch", {}).get(cfg.rewind_epoch)  # filled by run.py once it snapshots during training
+    if saved is not None:
+        return _matching(saved, model)
+    replay = _build(context, pretrained=True)()
+    replay.load_state_dict(init)
+    replay.to(context.data.device)
+    if context.config.train.channels_last and context.data.dataset.image_shape[0] > 1:
+        replay.to(memory_format=torch.channels_last)
+    context.notes["prune_rewind"] = f"weights at epoch {cfg.rewind_epoch} re-derived by replaying the run's first epochs with its seed"
+    return _matching(lottery.train_until_epoch(replay, context.train_loader(), context.config.train, cfg.rewind_epoch, context.progress), model)
+
+
+def _fresh_state(model: nn.Module, context: StepContext) -> dict:
+    """The reinit control's weights: the same factory and init scheme, another seed."""
+    return _matching(lottery.initial_state(_build(context, pretrained=False), context.config.seed + REINIT_SEED_OFFSET), model)
+

@@ -1,0 +1,130 @@
+"""Structured pruning: whole channels ranked by Ln norm, physically removed so the model becomes a smaller dense one."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from slimlab.errors import ConfigError, SlimlabError
+from slimlab.prune.channel_groups import ChannelGroup, find_channel_groups
+from slimlab.prune.selection import LayerFilter, select_layers
+from slimlab.prune.unstructured import Scope
+
+
+@dataclass(frozen=True)
+class PrunedGroup:
+    """One channel group after pruning: its layers and how many channels it had and kept."""
+
+    producers: tuple[str, ...]
+    residual: bool
+    before: int
+    after: int
+
+
+def prune_ln_structured_(model: nn.Module, amount: float, example_inputs: torch.Tensor | tuple | None = None,
+                         scope: Scope = "local", norm: float = 1.0, select: LayerFilter | None = None,
+                         residual_channels: bool = True, round_to: int = 1) -> list[PrunedGroup]:
+    """Remove the `amount` fraction of channels with the smallest Ln norm from every prunable group (local) or overall (global).
+
+    A group is pruned only when all layers producing its channels are selected: a spared layer keeps its output channels.
+    Returns each pruned group's channel counts; `example_inputs` defaults to one 32x32 image for the first convolution.
+    """
+    if not 0 <= amount < 1:
+        raise ConfigError(f"amount must be a fraction in [0, 1) of the channels, got {amount}")
+    if scope not in ("local", "global"):
+        raise ConfigError(f"scope must be 'local' or 'global', got {scope!r}")
+    if round_to < 1:
+        raise ConfigError(f"round_to must be a positive number of channels, got {round_to}")
+    example = example_inputs if example_inputs is not None else default_example_input(model)
+    selected = set(select_layers(model, select))
+    groups = [g for g in find_channel_groups(model, example)
+              if g.prunable and set(g.producers) <= selected and (residual_channels or not g.residual)]
+    if not groups:
+        raise ConfigError(f"no channel group of {type(model).__name__} can be pruned with this selection")
+    scores = [_group_importance(model, g, norm) for g in groups]
+    keep_counts = _keep_counts(groups, scores, amount, scope, round_to)
+    out_keep: dict[str, torch.Tensor] = {}
+    in_keep: dict[str, torch.Tensor] = {}
+    for group, score, keep in zip(groups, scores, keep_counts):
+        kept = torch.topk(score, keep).indices.sort().values  # original channel order survives
+        for name in group.producers + group.channelwise:
+            out_keep[name] = kept
+        for name, factor in group.consumers:
+            in_keep[name] = (kept[:, None] * factor + torch.arange(factor)).reshape(-1) if factor > 1 else kept
+    for name in set(out_keep) | set(in_keep):
+        _slice_module(model.get_submodule(name), out_keep.get(name), in_keep.get(name))
+    return [PrunedGroup(tuple(g.producers), g.residual, g.size, k) for g, k in zip(groups, keep_counts)]
+
+
+def default_example_input(model: nn.Module) -> torch.Tensor:
+    """A 32x32 image batch of one for the first convolution's input channels (CIFAR-sized models); pass your own otherwise."""
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    if not isinstance(first, nn.Conv2d):
+        raise ConfigError("structured pruning needs example_inputs for models that do not start with a 2-d convolution")
+    device = next(model.parameters()).device
+    return torch.randn(1, first.in_channels, 32, 32, device=device)
+
+
+def _group_importance(model: nn.Module, group: ChannelGroup, norm: float) -> torch.Tensor:
+    """Per channel, the Ln norm of each producing filter divided by (filter size)^(1/n), averaged over the group's producers.
+
+    Within a group this ranks exactly as the plain Ln norm. Across groups (global scope) it compares the typical weight
+    magnitude, as one global threshold does for single weights; raw norms would grow with fan-in and empty narrow layers first.
+    """
+    total = torch.zeros(group.size)
+    for name in group.producers:
+        weight = model.get_submodule(name).weight.detach().float().cpu()
+        rows = weight.reshape(weight.shape[0], -1)
+        total += rows.norm(p=norm, dim=1) / rows.shape[1] ** (1 / norm)
+    return total / len(group.producers)
+
+
+def _keep_counts(groups: list[ChannelGroup], scores: list[torch.Tensor], amount: float, scope: Scope, round_to: int) -> list[int]:
+    if scope == "local":
+        counts = [g.size - round(amount * g.size) for g in groups]
+    else:
+        flat = torch.cat(scores)
+        owner = torch.cat([torch.full((g.size,), i) for i, g in enumerate(groups)])
+        dropped = owner[torch.topk(flat, round(amount * flat.numel()), largest=False).indices]
+        counts = [g.size - int((dropped == i).sum()) for i, g in enumerate(groups)]
+    # Every group keeps at least one channel (an empty layer cuts the network), rounded to multiples of round_to.
+    rounded = [max(round_to, round(c / round_to) * round_to) for c in counts]
+    return [min(g.size, max(1, c)) for g, c in zip(groups, rounded)]
+
+
+@torch.no_grad()
+def _slice_module(module: nn.Module, out_keep: torch.Tensor | None, in_keep: torch.Tensor | None) -> None:
+    """Shrink one layer in place: new, smaller parameters and buffers, and matching size attributes."""
+    def take(tensor: torch.Tensor | None, index: torch.Tensor | None, dim: int):
+        if tensor is None or index is None:
+            return tensor
+        return tensor.index_select(dim, index.to(tensor.device)).clone(memory_format=torch.contiguous_format)
+
+    def replace(name: str, value: torch.Tensor | None) -> None:
+        old = getattr(module, name, None)
+        if isinstance(old, nn.Parameter):
+            setattr(module, name, nn.Parameter(value, requires_grad=old.requires_grad))
+        elif old is not None:
+            setattr(module, name, value)
+
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            replace(attr, take(getattr(module, attr), out_keep, 0))
+        module.num_features = len(out_keep)
+    elif isinstance(module, nn.modules.conv._ConvNd):
+        depthwise = module.groups > 1
+        replace("weight", take(take(module.weight, out_keep, 0), None if depthwise else in_keep, 1))
+        replace("bias", take(module.bias, out_keep, 0))
+        if out_keep is not None:
+            module.out_channels = len(out_keep)
+        if depthwise:
+            module.in_channels = module.groups = module.out_channels
+        elif in_keep is not None:
+            module.in_channels = len(in_keep)
+    elif isinstance(module, nn.Linear):
+        replace("weight", take(take(module.weight, out_keep, 0), in_keep, 1))
+        replace("bias", take(module.bias, out_keep, 0))
+        module.out_features, module.in_features = module.weight.shape
+    else:
+        raise SlimlabError(f"cannot shrink a {type(module).__name__}; the channel tracer should have blocked it")

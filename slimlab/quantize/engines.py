@@ -1,0 +1,37 @@
+"""Registry of static-quantization engines: name -> quantize(model, StaticConfig, calibration batches) -> nn.Module."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from slimlab.errors import ConfigError
+
+# An engine returns the quantized model; one whose result is not TorchScript (an ONNX Runtime session) gives it a
+# `deployable(example) -> (bytes, format)` method so the run saves and sizes the engine's own file instead.
+Engine = Callable[[nn.Module, "StaticConfig", Sequence[torch.Tensor]], nn.Module]  # noqa: F821
+_ENGINES: dict[str, Engine] = {}
+
+
+def register_engine(*names: str):
+    """Register `fn(model, config, calibration_batches) -> quantized model` under one or more engine names."""
+
+    def wrap(fn: Engine) -> Engine:
+        for name in names:
+            _ENGINES[name] = fn
+        return fn
+
+    return wrap
+
+
+def engine_names() -> list[str]:
+    """Registered engine names."""
+    return sorted(_ENGINES)
+
+
+def get_engine(name: str) -> Engine:
+    """The engine registered as `name`; a ConfigError lists the known ones otherwise."""
+    if name not in _ENGINES:
+        raise ConfigError(f"unknown quantization engine {name!r}; registered: {', '.join(engine_names())}")
+    return _ENGINES[name]

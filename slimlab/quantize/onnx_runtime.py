@@ -1,0 +1,112 @@
+"""ONNX Runtime engine: export to ONNX, static QDQ int8 quantization, and an nn.Module that runs the session."""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from slimlab.errors import require
+from slimlab.quantize.configs import StaticConfig
+from slimlab.quantize.engines import register_engine
+from slimlab.quantize.layers import matches, resolve_skip
+
+INPUT, OUTPUT = "input", "logits"
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
+    """The float model as ONNX (TorchScript-based exporter, BN folded in eval mode, batch dimension dynamic)."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice; it needs no onnxscript
+        torch.onnx.export(model.cpu().eval(), (example.cpu(),), buffer, dynamo=False, opset_version=17,
+                          input_names=[INPUT], output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+    return buffer.getvalue()
+
+
+def module_of(node_name: str) -> str:
+    """The torch module an exported node came from: '/layer1/layer1.0/conv1/Conv' -> 'layer1.0.conv1'."""
+    names: list[str] = []
+    for scope in node_name.split("/")[1:-1]:
+        if names and scope.startswith(names[-1] + "."):  # a container's child is scoped 'layer1.0' under 'layer1'
+            scope = scope[len(names[-1]) + 1:]
+        names.append(scope)
+    return ".".join(names)
+
+
+class OnnxRuntimeModule(nn.Module):
+    """An ONNX Runtime session behind nn.Module's call; its intra-op threads follow torch.get_num_threads()."""
+
+    def __init__(self, onnx_bytes: bytes):
+        super().__init__()
+        self.onnx_bytes = onnx_bytes
+        self._sessions: dict[int, object] = {}
+
+    def _session(self, threads: int):
+        if threads not in self._sessions:  # thread count is fixed per session, so keep one per count
+            ort = require("onnxruntime", "onnx", "ONNX Runtime inference")
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+            self._sessions[threads] = ort.InferenceSession(self.onnx_bytes, options, providers=["CPUExecutionProvider"])
+        return self._sessions[threads]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = x.detach().cpu().float().contiguous().numpy()
+        return torch.from_numpy(self._session(torch.get_num_threads()).run([OUTPUT], {INPUT: array})[0])
+
+    def __deepcopy__(self, memo) -> "OnnxRuntimeModule":
+        return OnnxRuntimeModule(self.onnx_bytes)  # sessions cannot be copied; a new one is built on first call
+
+    def deployable(self, example: torch.Tensor) -> tuple[bytes, str]:
+        """The quantized ONNX file: what a deployment loads, and what the model size counts."""
+        return self.onnx_bytes, "onnx"
+
+    def layer_rows(self) -> list[dict]:
+        """One row per weighted ONNX node: its torch module, op type, and int8 if its weight passes a DequantizeLinear."""
+        onnx = require("onnx", "onnx", "ONNX model inspection")
+        graph = onnx.load_from_string(self.onnx_bytes).graph
+        sizes = {t.name: math.prod(t.dims) for t in graph.initializer}
+        dequantized = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+        return [{"name": module_of(n.name), "type": n.op_type, "weight_dtype": "int8" if n.input[1] in dequantized else "float32",
+                 "weights": sizes.get(dequantized.get(n.input[1], n.input[1]), 0)} for n in graph.node if n.op_type in WEIGHTED_OPS]
+
+
+@register_engine("onnxruntime")
+def quantize_onnxruntime(model: nn.Module, config: StaticConfig, calibration_batches: Sequence[torch.Tensor],
+                         example: torch.Tensor | None = None) -> OnnxRuntimeModule:
+    """Static QDQ int8 for ONNX Runtime (uint8 activations, int8 weights); the ONNX bytes are on `.onnx_bytes`."""
+    onnx = require("onnx", "onnx", "ONNX Runtime quantization")
+    require("onnxruntime", "onnx", "ONNX Runtime quantization")
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
+                                          quantize_static)
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{INPUT: x.cpu().float().contiguous().numpy()} for x in calibration_batches])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    float_model = onnx.load_from_string(export_onnx(model, calibration_batches[0][:1] if example is None else example))
+    skipped = resolve_skip(model, config.skip)
+    excluded = [n.name for n in float_model.graph.node if skipped and matches(module_of(n.name), skipped)]
+    # Entropy is ORT's range search over a histogram, the counterpart of torch's HistogramObserver.
+    method = {"minmax": CalibrationMethod.MinMax, "moving_average": CalibrationMethod.MinMax,
+              "histogram": CalibrationMethod.Entropy}[config.observer]
+    with tempfile.TemporaryDirectory(prefix="slimlab-ort-") as folder:  # ORT writes its result to a path
+        prepared, output = Path(folder) / "prepared.onnx", Path(folder) / "quantized.onnx"
+        # ORT's recommended pre-pass: shape inference and graph clean-up (shared constants the exporter routes through
+        # Identity nodes would otherwise keep their convolutions' biases float and block the integer kernels).
+        quant_pre_process(float_model, prepared)
+        with contextlib.redirect_stdout(io.StringIO()):  # the entropy calibrator prints progress
+            quantize_static(prepared, output, Batches(), quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
+                            nodes_to_exclude=excluded, extra_options={"CalibMovingAverage": config.observer == "moving_average"})
+        return OnnxRuntimeModule(output.read_bytes())

@@ -1,0 +1,188 @@
+"""The `quantize` step of an experiment: one method applied to the trained model, its error and layers reported."""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections import Counter
+from itertools import islice
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+
+from slimlab.config import Strict, TrainConfig
+from slimlab.quantize.configs import Backend, DynamicConfig, Mode, Observer, QATConfig, StaticConfig
+from slimlab.quantize.dynamic import quantize_dynamic_
+from slimlab.quantize.engines import engine_names
+from slimlab.quantize.error import compare_logits, layer_table
+from slimlab.quantize.layers import layer_rows
+from slimlab.quantize.qat import QATSchedule, calibrate_observers_, convert_qat_, prepare_qat_
+from slimlab.quantize.qconfigs import EAGER_BACKENDS
+from slimlab.quantize.reduced_float import to_reduced_float
+from slimlab.quantize.static import quantize_static_
+from slimlab.quantize.torch_engine import float_reference, graph_mode
+from slimlab.train import train
+
+if TYPE_CHECKING:
+    from slimlab.run import StepContext
+
+OWN_METHODS = ("dynamic", "static", "qat", "fp16", "bf16")
+CPU = torch.device("cpu")
+
+
+def methods() -> list[str]:
+    """dynamic, static, qat, fp16, bf16, plus each registered non-torch engine (onnxruntime: static PTQ through it)."""
+    return [*OWN_METHODS, *(e for e in engine_names() if e not in EAGER_BACKENDS)]
+
+
+class QuantizeStepConfig(Strict):
+    """One quantization method and its options; fields a method does not use are ignored by it."""
+
+    method: str = Field("static", description="dynamic | static | qat | fp16 | bf16 | onnxruntime")
+    engine: Backend = Field("x86", description="torch kernels for dynamic, static and qat")
+    mode: Mode = "auto"
+    observer: Observer = "histogram"
+    per_channel: bool = True
+    dynamic_dtype: Literal["int8", "float16"] = Field("int8", description="dynamic only: weight dtype")
+    calibration_batches: int = Field(32, gt=0)
+    calibration_batch_size: int = Field(64, gt=0)
+    skip: list[str] = Field(default_factory=list, description="module names or globs left in float")
+    auto_skip_worst_k: int = Field(0, ge=0, description="static: also leave the k layers with the lowest local SQNR in float")
+    qat_epochs: int = Field(2, gt=0)
+    qat_lr: float = Field(0.005, gt=0, description="peak learning rate of the QAT fine-tuning (cosine to zero)")
+    freeze_bn_epoch: int = Field(1, ge=0, description="QAT epoch (0-based) from which BN statistics stop updating")
+    freeze_observer_epoch: int = Field(1, ge=0, description="QAT epoch (0-based) from which quantization scales stop updating")
+    error_batches: int | None = Field(None, gt=0, description="test batches for the logit error; default: the whole test set")
+    layer_table_batches: int = Field(2, gt=0, description="test batches of 64 images for the per-layer table")
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in methods():
+            raise ValueError(f"unknown method {value!r}; one of: {', '.join(methods())}")
+        return value
+
+    @model_validator(mode="after")
+    def _options_fit_method(self):
+        if self.auto_skip_worst_k and self.method != "static":
+            raise ValueError(f"auto_skip_worst_k works with method static only, not {self.method!r}")
+        if (self.skip or self.auto_skip_worst_k) and self.method in ("fp16", "bf16"):
+            raise ValueError(f"skip has no meaning for method {self.method!r}: the whole model is cast")
+        return self
+
+    def static_config(self) -> StaticConfig:
+        engine = self.engine if self.method == "static" else self.method
+        return StaticConfig(engine=engine, observer=self.observer, per_channel=self.per_channel, skip=tuple(self.skip),
+                            auto_skip_worst_k=self.auto_skip_worst_k, mode=self.mode)
+
+
+def apply_quantize(model: nn.Module, cfg: QuantizeStepConfig, context: StepContext) -> nn.Module:
+    """Quantize the trained model (on the CPU), then report its error against the float model and its layers."""
+    started = time.perf_counter()
+    float_model = copy.deepcopy(model).to(CPU).eval()
+    model = model.to(CPU).eval()
+    calibration = _calibration(cfg, context) if cfg.method not in ("dynamic", "fp16", "bf16") else []
+    qat_history: list[dict] = []
+    if cfg.method == "dynamic":
+        model = quantize_dynamic_(model, DynamicConfig(dtype=cfg.dynamic_dtype, engine=cfg.engine, skip=tuple(cfg.skip)))
+    elif cfg.method in ("fp16", "bf16"):
+        model = to_reduced_float(model, cfg.method)
+    elif cfg.method == "qat":
+        model, qat_history = _quantization_aware_training(model, cfg, context, calibration)
+    else:
+        model = quantize_static_(model, cfg.static_config(), calibration)
+    seconds = time.perf_counter() - started
+
+    # int8 kernels (torch.ao, ONNX Runtime) run on the CPU only; reduced floats are timed there too, as the baseline.
+    context.measure_device = CPU
+    if hasattr(model, "deployable"):
+        context.serialize = lambda m, example: m.deployable(example)
+    _report(float_model, model, cfg, context, calibration, seconds, qat_history)
+    return model
+
+
+def _calibration(cfg: QuantizeStepConfig, context: StepContext) -> list[torch.Tensor]:
+    loader = context.calibration_loader(cfg.calibration_batch_size)  # validation (or training) images, never test
+    return [x.to(CPU) for x, _ in islice(loader, cfg.calibration_batches)]
+
+
+def _quantization_aware_training(model: nn.Module, cfg: QuantizeStepConfig, context: StepContext,
+                                 calibration: list[torch.Tensor]) -> tuple[nn.Module, list[dict]]:
+    model = prepare_qat_(model, QATConfig(engine=cfg.engine, per_channel=cfg.per_channel, skip=tuple(cfg.skip), mode=cfg.mode),
+                         calibration[0][:1])
+    calibrate_observers_(model, calibration)
+    base = context.config.train
+    # Fine-tuning, not training: a small peak rate decaying to zero, no warm-up; fake quantization runs in fp32.
+    train_cfg = TrainConfig.model_validate({**base.model_dump(), "epochs": cfg.qat_epochs, "lr": cfg.qat_lr, "warmup_epochs": 0.0,
+                                            "schedule": "cosine", "final_lr_fraction": 0.0, "amp": False})
+    val = context.calibration_loader(context.config.measure.eval_batch_size) if len(context.data.val) else None
+    history = train(model.to(context.data.device), context.train_loader(), train_cfg, val_loader=val, progress=context.progress,
+                    callbacks=[QATSchedule(cfg.freeze_bn_epoch, cfg.freeze_observer_epoch)], desc="qat")
+    return convert_qat_(model), history
+
+
+def _layer_rows(float_model: nn.Module, model: nn.Module, cfg: QuantizeStepConfig, context: StepContext) -> list[dict]:
+    if hasattr(model, "layer_rows"):  # a foreign runtime lists its own layers; no per-layer SQNR there
+        return model.layer_rows()
+    if cfg.method in ("fp16", "bf16"):
+        return layer_rows(model.module)
+    reference = float_model if cfg.method == "dynamic" else float_reference(float_model, model)
+    batches = [x for x, _ in islice(context.test_loader(batch_size=64, device=CPU), cfg.layer_table_batches)]
+    return layer_table(reference, model, batches)
+
+
+def _describe(cfg: QuantizeStepConfig, model: nn.Module, calibration: list[torch.Tensor], source: str) -> str:
+    images = sum(len(x) for x in calibration)
+    if cfg.method in ("fp16", "bf16"):
+        return f"{cfg.method}: weights and activations cast to {cfg.method}, fp32 inputs and outputs"
+    if cfg.method == "dynamic":
+        return f"dynamic {cfg.dynamic_dtype}: weights quantized ahead of time, activations at run time, torch {cfg.engine} kernels"
+    numbers = f"{'per-channel' if cfg.per_channel else 'per-tensor'} int8 weights, uint8 activations"
+    calibrated = f"calibrated on {images} {source} images"
+    if cfg.method not in ("static", "qat"):
+        return f"static QDQ int8 through {cfg.method} ({cfg.observer} calibration), {numbers}, {calibrated}"
+    how = "eager mode, conv-bn(-relu) fused" if graph_mode(model) == "eager" else "FX graph mode, conv-bn(-relu) fused"
+    if graph_mode(model) == "fx" and cfg.mode == "auto":
+        how += " (the model does not run in eager mode, e.g. a plain `x + y` instead of FloatFunctional)"
+    kind = f"QAT ({cfg.qat_epochs} epochs, lr {cfg.qat_lr})" if cfg.method == "qat" else f"static PTQ ({cfg.observer} observer)"
+    return f"{kind}, torch {cfg.engine} int8 kernels, {how}, {numbers}, {calibrated}"
+
+
+def _describe_layers(rows: list[dict], method: str) -> str:
+    floats = [r for r in rows if r["weight_dtype"] in ("float32", "float64")]
+    listed = ", ".join(f"{r['name']} ({r['type']})" for r in floats[:12])
+    listed += f" and {len(floats) - 12} more" if len(floats) > 12 else ""
+    text = f"{len(rows) - len(floats)} of {len(rows)} weighted layers in reduced precision"
+    if floats:
+        text += f"; {len(floats)} stayed float32: {listed}"
+    if method == "dynamic" and any("Conv" in r["type"] for r in floats):
+        text += (". torch has dynamic kernels for Linear and recurrent layers only: the convolutions run in float, "
+                 "so this is not an int8 CNN")
+    return text
+
+
+def _report(float_model: nn.Module, model: nn.Module, cfg: QuantizeStepConfig, context: StepContext,
+            calibration: list[torch.Tensor], seconds: float, qat_history: list[dict]) -> None:
+    rows = _layer_rows(float_model, model, cfg, context)
+    error = compare_logits(float_model, model, (x for x, _ in islice(context.test_loader(device=CPU), cfg.error_batches)))
+    low_precision = [r for r in rows if r["weight_dtype"] not in ("float32", "float64")]
+    total_weights = sum(r["weights"] for r in rows) or 1
+    context.metrics.update({
+        "quant_sqnr_db": error["sqnr_db"], "quant_rel_l2": error["rel_l2"], "quant_top1_agreement": error["top1_agreement"],
+        "quant_kl": error["kl"], "quant_error_samples": error["samples"], "quant_layers_quantized": len(low_precision),
+        "quant_layers_float": len(rows) - len(low_precision),
+        "quant_weight_fraction_quantized": sum(r["weights"] for r in low_precision) / total_weights,
+        "quant_calibration_images": sum(len(x) for x in calibration), "quant_seconds": seconds})
+    if qat_history:
+        context.metrics.update(quant_qat_seconds=sum(r["seconds"] for r in qat_history), quant_qat_epochs=len(qat_history))
+        context.artifacts["qat_history.json"] = json.dumps(qat_history, indent=2).encode()
+    source = "validation" if len(context.data.val) else "training"
+    dtypes = Counter(r["weight_dtype"] for r in rows)
+    context.notes.update({
+        "quant_method": _describe(cfg, model, calibration, source),
+        "quant_layers": _describe_layers(rows, cfg.method) + f" (weight dtypes: {dict(dtypes)}); per-layer table in quant_layers.json",
+        "quant_error": (f"quantized vs float logits on {error['samples']} test images: rel_l2 = ||f-q||/||f||, "
+                        "sqnr_db = 20 log10(||f||/||f-q||), top1_agreement = % same argmax, kl = mean KL(softmax f || softmax q) in nats")})
+    context.artifacts["quant_layers.json"] = json.dumps(rows, indent=2).encode()

@@ -1,0 +1,71 @@
+"""The torch.ao engines (x86, fbgemm, qnnpack): eager mode where the model allows it, FX graph mode otherwise."""
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.ao.quantization import QConfig
+from torch.ao.quantization.quantize_fx import fuse_fx
+
+from slimlab.errors import SlimlabError
+from slimlab.quantize.configs import StaticConfig
+from slimlab.quantize.eager import StubbedForward, convert_eager_, eager_ready, prepare_eager_
+from slimlab.quantize.engines import register_engine
+from slimlab.quantize.fusion import fuse_, fused_copy
+from slimlab.quantize.fx import convert_graph, prepare_graph
+from slimlab.quantize.layers import is_quantized_layer, resolve_skip
+from slimlab.quantize.qconfigs import EAGER_BACKENDS, static_qconfig
+
+
+def prepare_torch_(model: nn.Module, qconfig: QConfig, skip: Iterable[str], example: torch.Tensor, engine: str,
+                   mode: str = "auto", qat: bool = False) -> nn.Module:
+    """Fuse and insert observers (fake quantizers if `qat`): in place in eager mode, a new GraphModule in FX mode."""
+    if graph_mode(model) == "eager" or any(is_quantized_layer(m) for m in model.modules()):
+        raise SlimlabError(f"{type(model).__name__} is already quantized or prepared; pass the float model")
+    torch.backends.quantized.engine = engine  # packed int8 weights are laid out for the engine active at conversion
+    model = model.cpu().train(qat)
+    skip_names = resolve_skip(model, skip)
+    if mode == "fx" or (mode == "auto" and not eager_ready(model, example.cpu(), engine)):
+        return prepare_graph(model, qconfig, skip_names, example.cpu(), qat)
+    fuse_(model, qat=qat)
+    return prepare_eager_(model, qconfig, skip_names, qat)
+
+
+def convert_torch_(model: nn.Module) -> nn.Module:
+    """Observed or fake-quantized model -> int8 kernels (eager: the same object)."""
+    model = model.cpu().eval()
+    return convert_eager_(model) if graph_mode(model) == "eager" else convert_graph(model)
+
+
+def graph_mode(model: nn.Module) -> str:
+    """'eager' for a model quantized in place between stubs, 'fx' for a GraphModule from graph mode."""
+    return "eager" if isinstance(vars(model).get("forward"), StubbedForward) else "fx"
+
+
+def float_reference(float_model: nn.Module, quantized: nn.Module) -> nn.Module:
+    """A fused float copy whose module names match `quantized`'s, for the per-layer error table."""
+    if graph_mode(quantized) == "eager":
+        return fused_copy(float_model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fuse_fx(copy.deepcopy(float_model).cpu().eval())
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
+    """Run the calibration batches through the observers."""
+    model.eval()
+    for x in batches:
+        model(x.cpu())
+
+
+@register_engine(*EAGER_BACKENDS)
+def quantize_torch_static(model: nn.Module, config: StaticConfig, calibration: Sequence[torch.Tensor]) -> nn.Module:
+    """Static int8 PTQ with torch.ao kernels for the engine named in `config`."""
+    qconfig = static_qconfig(config.engine, config.observer, config.per_channel)
+    prepared = prepare_torch_(model, qconfig, config.skip, calibration[0][:1], config.engine, config.mode)
+    calibrate(prepared, calibration)
+    return convert_torch_(prepared)

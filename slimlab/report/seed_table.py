@@ -1,0 +1,38 @@
+"""The study deck's table layout from the store: rows are metrics, columns are method x dataset."""
+from __future__ import annotations
+
+from slimlab.store import RunRecord
+
+# (row label, how to read it from a run's metrics); the deck's rows, then the error in dB as a second reading.
+SEED_ROWS = [
+    ("Accuracy (top-1 %)", lambda m: m.get("top1")),
+    ("Model size (MB on disk)", lambda m: m["model_size_bytes"] / 1e6 if "model_size_bytes" in m else None),
+    ("Training time (s)", lambda m: m.get("total_train_seconds")),
+    ("Inference time (ms, batch 1)", lambda m: m.get("latency_b1_median_ms")),
+    ("Quantization error (rel. L2 of logits)", lambda m: m.get("quant_rel_l2")),
+    ("Quantization error (SQNR dB)", lambda m: m.get("quant_sqnr_db")),
+    ("Top-1 change vs float (points)", lambda m: m["top1"] - m["float_top1"] if "float_top1" in m and "top1" in m else None),
+]
+
+
+def study_runs(records: list[RunRecord], study: str) -> list[RunRecord]:
+    return [r for r in records if r.name.startswith(f"{study}:") and r.status == "done"]
+
+
+def seed_table(records: list[RunRecord], study: str) -> str:
+    """A plain-text table: one column per (variant, dataset), in the order the runs were created."""
+    runs = study_runs(records, study)
+    if not runs:
+        return f"no finished runs of study '{study}'"
+    columns = [(r.name.split(":", 1)[1].split("/")[0], r.config["data"]["name"], r) for r in runs]
+    headers = [f"{variant} | {data}" for variant, data, _ in columns]
+    width = max(len(label) for label, _ in SEED_ROWS)
+    col = max(12, *(len(h) for h in headers))
+    lines = [f"{'':{width}}  " + "  ".join(f"{h:>{col}}" for h in headers)]
+    for label, read in SEED_ROWS:
+        cells = []
+        for _, _, r in columns:
+            value = read(r.metrics)
+            cells.append(f"{'NA':>{col}}" if value is None else f"{value:>{col}.{3 if abs(value) < 10 else 2}f}")
+        lines.append(f"{label:{width}}  " + "  ".join(cells))
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""Config validation names the key and file; the run id is a pinned hash of the whole config."""
+import pytest
+
+from slimlab.config import ExperimentConfig, build_config, config_hash, load_config
+from slimlab.errors import ConfigError
+
+# Pinned: if this changes, old stores would be silently re-keyed. Change it only with a SCHEMA_VERSION bump.
+GOLDEN_DEFAULT_HASH = "cba6ddc4d419a1d0"
+
+
+def test_golden_hash_of_default_config():
+    assert config_hash(ExperimentConfig()) == GOLDEN_DEFAULT_HASH
+
+
+def test_hash_covers_defaults_and_every_field():
+    base = ExperimentConfig()
+    assert config_hash(build_config({"train": {"epochs": 20}})) == config_hash(base)  # explicit default == implicit
+    assert config_hash(build_config({"train": {"label_smoothing": 0.0}})) != config_hash(base)
+    assert config_hash(build_config({"seed": 1})) != config_hash(base)
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("train:\n  epochz: 3\n")
+    with pytest.raises(ConfigError, match=r"exp\.yaml: train\.epochz: unknown key"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.lr=-0.1", "train.lr"),
+    ("train.epochs=three", "train.epochs"),
+    ("train.schedule=linear", "train.schedule"),
+    ("data.val_size=-5", "data.val_size"),
+    ("measure.batch_sizes=[0]", "measure.batch_sizes"),
+    ("model.name=resnet21", "model.name"),
+    ("data.name=imagenet", "data.name"),
+    ("train.milestones=[0.8,0.2]", "train.milestones"),
+])
+def test_bad_values_fail_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(overrides=[override])
+
+
+def test_impossible_combination_fails():
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        load_config(overrides=["train.epochs=2", "train.warmup_epochs=5"])
+
+
+def test_overrides_are_typed_yaml():
+    cfg = load_config(overrides=["train.epochs=5", "train.nesterov=false", "measure.batch_sizes=[1, 8]", "train.lr=1e-2"])
+    assert cfg.train.epochs == 5 and cfg.train.nesterov is False and cfg.measure.batch_sizes == [1, 8] and cfg.train.lr == 0.01
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(overrides=["train.epochs"])
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_unknown_step_kind_fails_before_running():
+    with pytest.raises(ConfigError, match="unknown kind"):
+        build_config({"steps": [{"kind": "sparsify"}]})
+
+
+def test_configs_are_frozen():
+    cfg = ExperimentConfig()
+    with pytest.raises(Exception):
+        cfg.train.epochs = 3
+
+
+def test_list_items_can_be_overridden():
+    raw = {"steps": [{"kind": "prune", "amount": 0.5}]}
+    from slimlab.config import apply_overrides
+    assert apply_overrides(raw, ["steps.0.amount=0.8"])["steps"][0]["amount"] == 0.8
+    with pytest.raises(ConfigError, match="not an index"):
+        apply_overrides(raw, ["steps.3.amount=0.8"])

@@ -1,0 +1,177 @@
+"""Dataset readers on generated canonical files and on the real JPEG copy; the restricted unpickler; the loader."""
+import gzip
+import io
+import os
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import JPEG_ARCHIVE, make_tar, write_cifar_batch
+from slimlab.data import DatasetRequest, ImageSplit, load_dataset
+from slimlab.data.cifar import load_pickle_batch
+from slimlab.data.files import sha256_of
+from slimlab.data.idx import read_idx
+from slimlab.data.loader import DeviceLoader, random_crop_flip, split_validation
+from slimlab.errors import DataNotFoundError
+
+
+def request(tmp_path, roots=(), **kw):
+    return DatasetRequest(roots=tuple(roots), cache_dir=tmp_path / "cache", download=False, **kw)
+
+
+@pytest.mark.parametrize("as_archive", [False, True])
+def test_cifar10_reader_matches_the_written_batches(tmp_path, cifar10_dir, as_archive, monkeypatch):
+    if as_archive:
+        archive = make_tar(cifar10_dir, tmp_path / "cifar-10-python.tar.gz")
+        os.rename(cifar10_dir, tmp_path / "moved")
+        roots = [tmp_path]
+        with pytest.raises(DataNotFoundError, match="sha256"):  # not the official archive: the checksum catches it
+            load_dataset("cifar10", request(tmp_path, roots))
+        monkeypatch.setattr("slimlab.data.cifar.CIFAR10_SHA256", sha256_of(archive))
+    else:
+        roots = [cifar10_dir.parent]
+    ds = load_dataset("cifar10", request(tmp_path, roots))
+    assert ds.train.images.shape == (100, 3, 32, 32) and ds.test.images.shape == (10, 3, 32, 32)
+    assert ds.classes[0] == "airplane" and ds.num_classes == 10
+    # Row layout: 1024 red, 1024 green, 1024 blue values, row-major: pixel (c, y, x) = data[c*1024 + y*32 + x].
+    batch1 = load_pickle_batch((tmp_path / ("moved" if as_archive else "cifar-10-batches-py") / "data_batch_1").read_bytes())
+    assert ds.train.images[0, 1, 2, 3].item() == batch1["data"][0][1024 + 2 * 32 + 3]
+    assert isinstance(batch1["data"], np.ndarray)  # a real numpy array, as in the canonical files
+    assert ds.train.labels[:20].tolist() == list(batch1["labels"])
+
+
+@pytest.mark.parametrize("labels, n_classes", [("fine", 100), ("coarse", 20)])
+def test_cifar100_fine_and_coarse(tmp_path, labels, n_classes):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 30), ("test", 10)):
+        write_cifar_batch(folder / split, n, "fine_labels", 100, seed=n,
+                          extra={b"coarse_labels": rng.integers(0, 20, n).tolist()})
+    meta = {b"fine_label_names": [f"f{i}".encode() for i in range(100)], b"coarse_label_names": [f"c{i}".encode() for i in range(20)]}
+    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
+    ds = load_dataset("cifar100", DatasetRequest((tmp_path,), tmp_path / "c", False, options={"labels": labels}))
+    assert ds.num_classes == n_classes and len(ds.train) == 30 and len(ds.test) == 10
+    raw = load_pickle_batch((folder / "train").read_bytes())
+    assert ds.train.labels.tolist() == list(raw[f"{labels}_labels"])
+
+
+def test_restricted_unpickler_refuses_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    payload = pickle.dumps({b"data": Evil()})
+    assert b"system" in payload
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        load_pickle_batch(payload)
+    assert not (tmp_path / "pwned").exists()
+
+
+def _idx(array: np.ndarray) -> bytes:
+    return struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def test_idx_reader_and_mnist_loader(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (12, 28, 28), dtype=np.uint8),
+              "train-labels-idx1-ubyte": rng.integers(0, 10, 12, dtype=np.uint8),
+              "t10k-images-idx3-ubyte": rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
+              "t10k-labels-idx1-ubyte": rng.integers(0, 10, 5, dtype=np.uint8)}
+    for i, (name, arr) in enumerate(arrays.items()):  # mix plain and gzipped files, as mirrors do
+        if i % 2:
+            (folder / (name + ".gz")).write_bytes(gzip.compress(_idx(arr)))
+        else:
+            (folder / name).write_bytes(_idx(arr))
+    assert np.array_equal(read_idx(_idx(arrays["train-labels-idx1-ubyte"])), arrays["train-labels-idx1-ubyte"])
+    ds = load_dataset("mnist", DatasetRequest((tmp_path,), tmp_path / "c", False))
+    assert ds.train.images.shape == (12, 1, 28, 28)
+    assert torch.equal(ds.train.images[:, 0], torch.from_numpy(arrays["train-images-idx3-ubyte"]))
+    assert ds.test.labels.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
+    with pytest.raises(ValueError, match="magic"):
+        read_idx(b"\x01\x02\x08\x01")
+
+
+def test_missing_dataset_says_where_it_looked(tmp_path):
+    with pytest.raises(DataNotFoundError, match=str(tmp_path)):
+        load_dataset("cifar10", DatasetRequest((tmp_path,), tmp_path / "c", False))
+
+
+def _write_pngs(root, classes, per_class):
+    for ci, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((8, 8, 3), 20 * ci + i, dtype=np.uint8)).save(root / name / f"{i:03}.png")
+
+
+@pytest.mark.parametrize("as_archive", [False, True])
+def test_image_folder_decodes_once_into_a_cache(tmp_path, as_archive):
+    root = tmp_path / "pets"
+    _write_pngs(root / "train", ["cat", "dog"], 3)
+    _write_pngs(root / "test", ["cat", "dog"], 2)
+    source = make_tar(root, tmp_path / "pets.tar.gz") if as_archive else root
+    req = DatasetRequest((), tmp_path / "cache", False, path=source, options={"progress": False})
+    ds = load_dataset("imagefolder", req)
+    assert ds.classes == ("cat", "dog") and len(ds.train) == 6 and len(ds.test) == 4
+    assert ds.train.images.shape[1:] == (3, 8, 8)
+    assert ds.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert ds.train.images[4, 0, 0, 0].item() == 21  # dog (class 1), image 1 -> pixel value 20*1+1
+    cached = list((tmp_path / "cache").glob("imagefolder-*.pt"))
+    assert len(cached) == 1
+    again = load_dataset("imagefolder", req)  # from the cache this time
+    assert torch.equal(again.train.images, ds.train.images)
+
+
+def test_image_folder_without_split_carves_a_fixed_test_set(tmp_path):
+    _write_pngs(tmp_path / "flat", ["a", "b"], 10)
+    req = DatasetRequest((), tmp_path / "cache", False, path=tmp_path / "flat", options={"progress": False, "test_fraction": 0.2})
+    ds = load_dataset("imagefolder", req)
+    assert len(ds.train) == 16 and len(ds.test) == 4
+
+
+@pytest.mark.skipif(not JPEG_ARCHIVE.exists(), reason="the CIFAR-10 JPEG copy is not beside the repository")
+def test_real_cifar10_jpeg_copy():
+    ds = load_dataset("cifar10_jpeg", DatasetRequest((JPEG_ARCHIVE.parent,), __import__("pathlib").Path("~/.cache/slimlab").expanduser(), False, options={"progress": False}))
+    assert ds.train.images.shape == (50000, 3, 32, 32) and ds.test.images.shape == (10000, 3, 32, 32)
+    assert ds.classes == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    assert ds.train.labels.bincount().tolist() == [5000] * 10 and ds.test.labels.bincount().tolist() == [1000] * 10
+    means = ds.train.images.float().mean(dim=(0, 2, 3))
+    assert torch.allclose(means, torch.tensor([125.3, 122.9, 113.9]), atol=3)  # the README's per-channel means
+
+
+def test_validation_split_is_disjoint_and_seeded():
+    split = ImageSplit(torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 1, 2, 2).contiguous(), torch.arange(100))
+    train, val = split_validation(split, 20, seed=3)
+    assert len(train) == 80 and len(val) == 20
+    assert not set(train.labels.tolist()) & set(val.labels.tolist())
+    assert split_validation(split, 20, seed=3)[1].labels.tolist() == val.labels.tolist()
+    assert split_validation(split, 20, seed=4)[1].labels.tolist() != val.labels.tolist()
+
+
+def test_augmentation_is_a_crop_of_the_padded_image():
+    images = torch.randint(0, 255, (64, 3, 8, 8), dtype=torch.uint8)
+    out = random_crop_flip(images, padding=2, flip=False, generator=torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(images, (2,) * 4)
+    for i in range(0, 64, 9):  # each output is some 8x8 window of its own padded image
+        windows = padded[i].unfold(1, 8, 1).unfold(2, 8, 1)  # C, 5, 5, 8, 8
+        assert any(torch.equal(windows[:, y, x], out[i]) for y in range(5) for x in range(5))
+    flipped = random_crop_flip(images, padding=0, flip=True, generator=torch.Generator().manual_seed(0))
+    same = [torch.equal(flipped[i], images[i]) for i in range(64)]
+    assert all(s or torch.equal(flipped[i], images[i].flip(2)) for i, s in enumerate(same)) and 10 < sum(same) < 54
+
+
+def test_data_order_is_a_function_of_the_seed():
+    split = ImageSplit(torch.randint(0, 255, (40, 3, 8, 8), dtype=torch.uint8), torch.arange(40))
+    make = lambda seed: DeviceLoader(split, 8, (0.5,) * 3, (0.25,) * 3, shuffle=True, augment=True, seed=seed)
+    first = [y.tolist() for _, y in make(1)]
+    assert first == [y.tolist() for _, y in make(1)]
+    assert first != [y.tolist() for _, y in make(2)]
+    loader = make(1)
+    loader.set_epoch(1)
+    assert [y.tolist() for _, y in loader] != first  # a new order each epoch

@@ -1,0 +1,75 @@
+"""Every registered model runs forward and backward; parameter counts match the published ones."""
+import pytest
+import torch
+
+from slimlab.errors import ConfigError, SlimlabError
+from slimlab.models import create_model, list_models
+
+PUBLISHED_PARAMS = {  # exact counts where a reference implementation publishes them (10 classes)
+    "resnet18": 11_173_962,           # kuangliu/pytorch-cifar, REFERENCES.md
+    "resnet18_imagenet": 11_181_642,  # torchvision resnet18(num_classes=10)
+    "resnet50_imagenet": 23_528_522,  # torchvision resnet50(num_classes=10)
+    "lenet5": 61_706,                 # LeNet-5 on 28x28 MNIST
+}
+APPROX_PARAMS_M = {"resnet20": 0.27, "resnet32": 0.46, "resnet44": 0.66, "resnet56": 0.85, "resnet110": 1.7,
+                   "resnet34": 21.3, "resnet50": 23.5, "vgg11_bn": 9.2, "vgg16_bn": 14.7}
+
+
+def _input(name):
+    return torch.randn(2, 1, 28, 28) if name == "lenet5" else torch.randn(2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("name", list(list_models()))
+def test_forward_backward_and_param_count(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_channels=1 if name == "lenet5" else 3, image_size=28 if name == "lenet5" else 32)
+    out = model(_input(name))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    count = sum(p.numel() for p in model.parameters())
+    if name in PUBLISHED_PARAMS:
+        assert count == PUBLISHED_PARAMS[name]
+    else:
+        assert abs(count / 1e6 - APPROX_PARAMS_M[name]) / APPROX_PARAMS_M[name] < 0.03
+
+
+def test_every_model_has_a_reference_count():
+    assert set(list_models()) <= set(PUBLISHED_PARAMS) | set(APPROX_PARAMS_M)
+
+
+def test_imagenet_layout_uses_torchvision_names():
+    keys = set(create_model("resnet18_imagenet").state_dict())
+    for key in ("conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer2.0.downsample.0.weight",
+                "layer2.0.downsample.1.num_batches_tracked", "layer4.1.bn2.bias", "fc.weight"):
+        assert key in keys
+    assert len(keys) == 122  # torchvision resnet18's state dict has 122 entries
+
+
+def test_user_factory_and_checkpoint(tmp_path, monkeypatch):
+    (tmp_path / "mynet.py").write_text(
+        "import torch.nn as nn\n"
+        "def build(num_classes=10, in_channels=3):\n"
+        "    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = create_model("mynet:build", num_classes=7)
+    assert model(torch.randn(1, 3, 8, 8)).shape == (1, 7)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "ck.pt")
+    reloaded = create_model("mynet:build", num_classes=7, weights=tmp_path / "ck.pt")
+    assert torch.equal(reloaded[0].weight, model[0].weight)
+    with pytest.raises(SlimlabError, match="does not fit"):
+        create_model("mynet:build", num_classes=3, weights=tmp_path / "ck.pt")
+    with pytest.raises(ConfigError, match="cannot import"):
+        create_model("nosuchmodule:build")
+
+
+def test_checkpoint_with_code_is_refused(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"w": Evil()}))
+    with pytest.raises(SlimlabError, match="not a plain state-dict"):
+        create_model("resnet20", weights=tmp_path / "evil.pt")

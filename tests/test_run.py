@@ -1,0 +1,161 @@
+"""One experiment end to end: recorded, skipped when done, resumed after a kill, failed with a reason on NaN."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import slimlab
+from slimlab.models import create_model
+from conftest import REPO, tiny_config
+from slimlab.config import build_config, config_hash, training_hash
+from slimlab.store import Store
+from slimlab.train import lr_multiplier
+
+# model_size_bytes is left out: TorchScript mangles class names differently the second time a process compiles them.
+DETERMINISTIC_KEYS = ("top1", "top5", "test_loss", "val_top1", "params", "macs")
+
+
+def test_run_records_metrics_and_files(store_dir):
+    record = slimlab.run(build_config(tiny_config()), store_dir, progress=False)
+    assert record.status == "done"
+    m = record.metrics
+    for key in ("top1", "top5", "test_loss", "params", "nonzero_params", "macs", "flops", "model_size_bytes",
+                "model_size_deflate_bytes", "latency_b1_median_ms", "latency_b1_p90_ms", "latency_b4_median_ms",
+                "throughput_b4_per_s", "train_seconds", "train_epochs"):
+        assert key in m, key
+    assert 0 <= m["top1"] <= m["top5"] <= 100
+    assert m["params"] == m["nonzero_params"] == 272_474
+    run_dir = store_dir / "runs" / record.id
+    assert (run_dir / "model.pt").stat().st_size == m["model_size_bytes"]  # size is bytes on disk
+    assert 0 < m["model_size_deflate_bytes"] < m["model_size_bytes"]
+    assert 0 < m["latency_b1_median_ms"] <= m["latency_b1_p90_ms"]
+    assert m["throughput_b4_per_s"] == pytest.approx(4000 / m["latency_b4_median_ms"])
+    assert m["macs"] == 40_813_184  # ResNet-20 at 32x32: 40.8 M MACs (REFERENCES.md)
+    assert m["train_epochs"] == 2 and m["train_seconds"] > 0
+    assert "energy" in record.notes and "not measured" in record.notes["energy"]  # no counter here: absent, with reason
+    assert "train_energy_j" not in m
+    assert record.env["torch"] == torch.__version__ and record.env["torch_threads"] >= 1
+    history = json.loads((run_dir / "history.json").read_text())
+    trained = torch.load(record.notes["trained_weights"], weights_only=True)
+    assert trained["history"] == history and set(trained["model"]) == set(create_model("resnet20").state_dict())
+    assert [h["epoch"] for h in history] == [1, 2] and all("val_top1" in h and "lr" in h for h in history)
+    reloaded = torch.jit.load(str(run_dir / "model.pt"))  # deployable without slimlab's code
+    assert reloaded(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_done_run_is_skipped(store_dir, monkeypatch):
+    config = build_config(tiny_config())
+    first = slimlab.run(config, store_dir, progress=False)
+    monkeypatch.setattr(sys.modules["slimlab.run"], "_execute", lambda *a, **k: pytest.fail("a done run was executed again"))
+    again = slimlab.run(config, store_dir, progress=False)
+    assert again.id == first.id and again.metrics == first.metrics
+
+
+def test_runs_differing_after_training_share_one_training(store_dir, monkeypatch):
+    first = slimlab.run(build_config(tiny_config()), store_dir, progress=False)
+    monkeypatch.setattr(sys.modules["slimlab.run"], "train", lambda *a, **k: pytest.fail("trained twice"))
+    second = slimlab.run(build_config(tiny_config(**{"measure.repeats": 6})), store_dir, progress=False)
+    assert second.id != first.id and second.status == "done"
+    for key in ("top1", "test_loss", "train_seconds", "train_epochs"):
+        assert second.metrics[key] == first.metrics[key]
+    assert "reused" in second.notes["energy"]
+
+
+def test_same_seed_same_numbers_on_cpu(tmp_path):
+    config = build_config(tiny_config())
+    a = slimlab.run(config, tmp_path / "a", progress=False).metrics
+    b = slimlab.run(config, tmp_path / "b", progress=False).metrics
+    assert {k: a[k] for k in DETERMINISTIC_KEYS} == {k: b[k] for k in DETERMINISTIC_KEYS}
+    c = slimlab.run(build_config({**tiny_config(), "seed": 1}), tmp_path / "c", progress=False).metrics
+    assert c["test_loss"] != a["test_loss"]
+
+
+def test_nan_loss_gives_failed_run_with_reason(store_dir, tmp_path, monkeypatch):
+    (tmp_path / "nannet.py").write_text(
+        "import torch.nn as nn\n"
+        "class NaNNet(nn.Module):\n"
+        "    def __init__(self, num_classes=10):\n"
+        "        super().__init__(); self.fc = nn.Linear(3, num_classes)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(x.mean((2, 3))) * float('nan')\n"
+        "def build(num_classes=10):\n"
+        "    return NaNNet(num_classes)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    record = slimlab.run(build_config(tiny_config(**{"model.name": "nannet:build"})), store_dir, progress=False)
+    assert record.status == "failed"
+    assert "non-finite training loss at epoch 1, batch 1" in record.error
+    assert Store(store_dir).get(record.id).status == "failed"
+
+
+def _cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "slimlab", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
+
+
+def test_killed_run_resumes_to_the_same_metrics(tmp_path):
+    overrides = {"train.epochs": 4, "data.options": {"train_size": 512, "test_size": 64}}
+    config_file = tmp_path / "exp.yaml"
+    config_file.write_text(json.dumps(tiny_config(**overrides)))  # JSON is YAML
+    run_id = config_hash(build_config(tiny_config(**overrides)))
+    killed_store = tmp_path / "killed"
+    proc = _cli("run", str(config_file), "--store", str(killed_store), "--quiet")
+    checkpoint = killed_store / "trained" / training_hash(build_config(tiny_config(**overrides))) / "checkpoint.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not checkpoint.exists():
+        time.sleep(0.05)
+    assert checkpoint.exists(), proc.communicate()
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up, as in a node failure
+    proc.wait()
+    state = torch.load(checkpoint, weights_only=True)
+    assert 1 <= state["epoch"] < 4, "killed too late to test resuming"
+    assert Store(killed_store).get(run_id).status == "running"
+
+    resumed = _cli("run", str(config_file), "--store", str(killed_store), "--json")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    resumed_record = json.loads(out)
+    straight = _cli("run", str(config_file), "--store", str(tmp_path / "straight"), "--json")
+    out2, err2 = straight.communicate(timeout=300)
+    straight_record = json.loads(out2)
+    assert resumed_record["id"] == straight_record["id"] == run_id
+    assert resumed_record["metrics"]["train_epochs"] == 4
+    for key in DETERMINISTIC_KEYS:
+        assert resumed_record["metrics"][key] == straight_record["metrics"][key], key
+
+
+def test_learning_rate_schedule_values():
+    cfg = build_config({"train": {"epochs": 10, "warmup_epochs": 1, "schedule": "onecycle"}}).train
+    steps = 10
+    assert lr_multiplier(0, 100, steps, cfg) == pytest.approx(0.1)
+    assert lr_multiplier(9, 100, steps, cfg) == pytest.approx(1.0)
+    assert lr_multiplier(55, 100, steps, cfg) == pytest.approx(0.5)
+    assert lr_multiplier(99, 100, steps, cfg) == pytest.approx(1 / 90)
+    step = build_config({"train": {"epochs": 10, "warmup_epochs": 0, "schedule": "step", "milestones": [0.5, 0.75]}}).train
+    assert [lr_multiplier(s, 100, steps, step) for s in (0, 49, 50, 75, 99)] == pytest.approx([1, 1, 0.1, 0.01, 0.01])
+    cos = build_config({"train": {"epochs": 10, "warmup_epochs": 0, "schedule": "cosine"}}).train
+    assert lr_multiplier(50, 100, steps, cos) == pytest.approx(0.5)
+
+
+def test_cli_lists_runs_as_json_and_errors_in_one_line(store_dir, tmp_path):
+    config_file = tmp_path / "exp.yaml"
+    config_file.write_text(json.dumps(tiny_config(**{"train.epochs": 1})))
+    out, err = _cli("run", str(config_file), "--store", str(store_dir), "--json").communicate(timeout=300)
+    run_id = json.loads(out)["id"]
+    out, _ = _cli("runs", "--store", str(store_dir), "--json").communicate(timeout=60)
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 1 and rows[0]["id"] == run_id and rows[0]["status"] == "done"
+    assert rows[0]["config"]["train"]["epochs"] == 1 and rows[0]["config"]["train"]["lr"] == 0.05  # fully resolved
+    assert all(isinstance(v, (int, float)) for v in rows[0]["metrics"].values())
+    out, _ = _cli("show", run_id[:6], "--store", str(store_dir)).communicate(timeout=60)
+    assert run_id in out and "top1" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: fast\n")
+    proc = _cli("run", str(bad), "--store", str(store_dir))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and err.count("\n") == 1 and "train.lr" in err and "Traceback" not in err
+    assert not (store_dir / "runs").exists() or len(list((store_dir / "runs").iterdir())) == 1  # nothing launched
