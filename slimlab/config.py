@@ -98,6 +98,7 @@ class MeasureConfig(Strict):
     eval_batch_size: int = Field(500, gt=0)
     latency: bool = True
     energy: bool = True
+    flip_tta: bool = Field(False, description="also report top1_flip_tta: logits averaged over each test image and its mirror")
 
     @field_validator("batch_sizes")
     @classmethod

@@ -229,6 +229,9 @@ def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: S
     device = context.measure_device or context.data.device
     model = model.to(device) if not _is_quantized(model) else model
     metrics = _accuracy(model, context)
+    if cfg.flip_tta:
+        tta = evaluate(model, context.test_loader(device=device), amp=context.config.train.amp, flip_tta=True)
+        metrics.update(top1_flip_tta=tta["top1"], top5_flip_tta=tta["top5"])
     example = _example(context, 1, device)
     blob, fmt = (context.serialize or measure.serialize_deployable)(model, example)
     path = store.save_artifact(run_id, "model.onnx" if fmt == "onnx" else "model.pt", blob)

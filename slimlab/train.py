@@ -80,8 +80,9 @@ def autocast_for(device: torch.device, enabled: bool):
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DeviceLoader, amp: bool = False, max_batches: int | None = None,
-             progress: bool = False, desc: str = "eval") -> dict:
-    """Top-1, top-5 accuracy (%) and mean cross-entropy over a loader."""
+             progress: bool = False, desc: str = "eval", flip_tta: bool = False) -> dict:
+    """Top-1, top-5 accuracy (%) and mean cross-entropy over a loader; `flip_tta` averages the logits of each image
+    and its mirror image (test-time augmentation, reported under its own name)."""
     from tqdm import tqdm
 
     was_training = model.training
@@ -94,6 +95,8 @@ def evaluate(model: nn.Module, loader: DeviceLoader, amp: bool = False, max_batc
             break
         with autocast_for(loader.device, amp):
             logits = model(x)
+            if flip_tta:
+                logits = (logits.float() + model(x.flip(3)).float()) / 2
         logits = logits.float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices

@@ -65,10 +65,19 @@ def make_stage(block, cin: int, width: int, blocks: int, stride: int) -> tuple[n
 
 
 def init_resnet(model: nn.Module) -> None:
-    """Kaiming-normal convolutions, unit batch norms (He et al. 2015)."""
+    """Kaiming-normal convolutions, unit batch norms (He et al. 2015), and each block's last batch norm at zero.
+
+    Zero-initialized residual branches start every block as the identity (Goyal et al. 2017), which lets short
+    schedules use a higher learning rate.
+    """
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+    for m in model.modules():
+        if isinstance(m, Bottleneck):
+            nn.init.zeros_(m.bn3.weight)
+        elif isinstance(m, BasicBlock):
+            nn.init.zeros_(m.bn2.weight)

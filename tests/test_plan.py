@@ -1,0 +1,54 @@
+"""A study file expands into validated configs (grid x variants) before anything runs; the seed table reads the store."""
+import json
+
+import pytest
+
+from conftest import tiny_config
+from slimlab.errors import ConfigError
+from slimlab.plan import load_study
+from slimlab.report.seed_table import seed_table
+from slimlab.store import Store
+
+
+def _study(tmp_path, body: str):
+    (tmp_path / "base.yaml").write_text(json.dumps(tiny_config()))
+    path = tmp_path / "study.yaml"
+    path.write_text(body)
+    return path
+
+
+def test_grid_times_variants(tmp_path):
+    path = _study(tmp_path, "name: s\nbase: base.yaml\ngrid:\n  seed: [0, 1]\nvariants:\n  float: {}\n"
+                            "  static:\n    steps: [{kind: quantize, method: static}]\n")
+    planned = load_study(path)
+    assert [p.label for p in planned] == ["float/seed=0", "static/seed=0", "float/seed=1", "static/seed=1"]
+    assert planned[3].config.seed == 1 and planned[3].config.steps[0]["method"] == "static"
+    assert planned[0].config.name == "s:float/seed=0"
+    assert len({p.config.model_dump_json() for p in planned}) == 4
+
+
+def test_a_bad_variant_fails_the_whole_study_before_it_runs(tmp_path):
+    path = _study(tmp_path, "base: base.yaml\nvariants:\n  ok: {}\n  bad:\n    train.lr: -1\n")
+    with pytest.raises(ConfigError, match=r"bad.*train\.lr"):
+        load_study(path)
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_study(_study(tmp_path, "base: base.yaml\ngird: {}\n"))
+
+
+def test_seed_table_layout(tmp_path):
+    store = Store(tmp_path / "store")
+    for i, (variant, metrics) in enumerate([("float", {"top1": 86.3, "model_size_bytes": 1_265_969, "total_train_seconds": 2904.8,
+                                                       "latency_b1_median_ms": 1.7}),
+                                            ("static", {"top1": 86.31, "float_top1": 86.3, "model_size_bytes": 470_783,
+                                                        "total_train_seconds": 2904.8, "latency_b1_median_ms": 1.2,
+                                                        "quant_rel_l2": 0.064, "quant_sqnr_db": 23.9})]):
+        run_id = f"id{i}"
+        store.start(run_id, {"data": {"name": "cifar10_jpeg"}}, f"seed-q:{variant}/data.name=cifar10_jpeg")
+        store.finish(run_id, metrics, {}, {}, [])
+    table = seed_table(store.runs(), "seed-q")
+    lines = table.splitlines()
+    assert "float | cifar10_jpeg" in lines[0] and "static | cifar10_jpeg" in lines[0]
+    assert lines[1].startswith("Accuracy") and "86.30" in lines[1] and "86.31" in lines[1]
+    assert "1.266" in lines[2] and "0.471" in lines[2]  # MB on disk
+    assert "NA" in lines[6] and "23.90" in lines[6]      # float has no quantization error
+    assert "0.064" in lines[5] and "0.010" in lines[7]   # rel. L2; +0.01 points vs float
