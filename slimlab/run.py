@@ -79,6 +79,10 @@ class StepContext:
     history: list[dict] = field(default_factory=list)
     measure_device: torch.device | None = None
     weights_at_epoch: dict[int, dict] = field(default_factory=dict)  # snapshots asked for by steps (late rewinding)
+    step_index: int = 0  # which of config.steps is running
+    # Results a step may share with sibling runs of the same parent (e.g. early pruning rounds); no-ops by default.
+    cache_load: Callable[[str], object | None] = lambda key: None
+    cache_save: Callable[[str, object], None] = lambda key, value: None
     # A step whose result is not TorchScript-able (an ONNX Runtime session) supplies its own deployable file.
     serialize: Callable[[nn.Module, torch.Tensor], tuple[bytes, str]] | None = None
 
@@ -131,13 +135,17 @@ def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool
     history, energy = _train_stage(config, model, data, store, progress, snapshots)
     train_seconds = sum(r["seconds"] for r in history)
 
-    context = StepContext(config, data, progress, history=list(history), weights_at_epoch=snapshots)
+    key = training_hash(config)
+    context = StepContext(config, data, progress, history=list(history), weights_at_epoch=snapshots,
+                          cache_load=lambda name: store.load_training_file(key, f"{name}.pt"),
+                          cache_save=lambda name, value: store.save_training_file(key, f"{name}.pt", value))
     context.notes["trained_weights"] = str(store.training_dir(training_hash(config)) / TRAINED_WEIGHTS)
     if config.steps:  # the float reference the compression steps are judged against
         context.metrics.update(_accuracy(model, context, "float_"))
     float_counts = {**measure.count_parameters(model), **measure.count_macs(copy.deepcopy(model), _example(context, 1))} if config.steps else {}
     kinds = step_kinds()
-    for step in config.steps:
+    for index, step in enumerate(config.steps):
+        context.step_index = index
         cfg = kinds[step["kind"]].config_type.model_validate({k: v for k, v in step.items() if k != "kind"})
         model = kinds[step["kind"]].apply(model, cfg, context)
 

@@ -327,3 +327,24 @@ def test_end_to_end_structured_finetune(tmp_path):
     assert m["params"] == m["prune_params_after"] and "round1_top1" in m
     loaded = torch.jit.load(io.BytesIO((tmp_path / "runs" / record.id / "model.pt").read_bytes()))
     assert loaded(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_a_control_reuses_the_dense_parent_and_the_tickets_earlier_rounds(tmp_path, monkeypatch):
+    import sys
+
+    from slimlab.run import run
+
+    step = {"kind": "prune", "method": "l1", "scope": "global", "amount": 0.8, "schedule": "iterative", "rounds": 3,
+            "after_round": "weight_rewind", "rewind_epoch": 1}
+    ticket = run(_quick_config([step]), store=tmp_path, progress=False)
+    trainings = []
+    original = sys.modules["slimlab.prune.step"].train
+    monkeypatch.setattr(sys.modules["slimlab.prune.step"], "train", lambda *a, **k: trainings.append(1) or original(*a, **k))
+    monkeypatch.setattr(sys.modules["slimlab.run"], "train", lambda *a, **k: pytest.fail("the dense parent was trained again"))
+    control = run(_quick_config([{**step, "control": "reinit"}]), store=tmp_path, progress=False)
+    assert control.status == "done", control.error
+    assert len(trainings) == 1  # only the last round is retrained
+    for r in (1, 2):
+        assert control.metrics[f"round{r}_top1"] == ticket.metrics[f"round{r}_top1"]
+    assert control.metrics["round3_top1"] != ticket.metrics["round3_top1"] or control.metrics["top1"] != ticket.metrics["top1"]
+    assert abs(control.metrics["prune_sparsity"] - 0.8) < 1e-3 and "prune_reuse" in control.notes

@@ -1,6 +1,7 @@
 """The `prune` experiment step: prune in rounds, retrain with the one loop, report sparsity, size, speed and accuracy per round."""
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from typing import TYPE_CHECKING, Callable
@@ -87,8 +88,16 @@ def _unstructured_rounds(model: nn.Module, cfg: PruneStepConfig, context: StepCo
         log.append(_record_round(model, context, 1, mask_sparsity(masks)))
     else:
         for r, target in enumerate(iterative_targets(cfg.amount, cfg.rounds), 1):
-            masks = prune(model, amount_to_reach(mask_sparsity(masks), target), masks)
             last = r == cfg.rounds
+            # Rounds before the last do not depend on the control, so a ticket and its controls share them.
+            key = None if last else _round_key(cfg, context, r)
+            if key is not None and (cached := context.cache_load(key)) is not None:
+                next(calls)  # keep the random-mask seeds of later rounds as in an uncached run
+                masks = _restore_round(model, cached, context)
+                log.append(cached["log"])
+                continue
+            history_start = len(context.history)
+            masks = prune(model, amount_to_reach(mask_sparsity(masks), target), masks)
             if last and cfg.control == "random_mask":
                 masks = lottery.random_masks_like(masks, context.config.seed + RANDOM_SEED_OFFSET)
             source = _fresh_state(model, context) if last and cfg.control == "reinit" else start
@@ -99,6 +108,9 @@ def _unstructured_rounds(model: nn.Module, cfg: PruneStepConfig, context: StepCo
             if cfg.after_round != "none":
                 _retrain(model, cfg, context, [MaskKeeper(masks)], r)
             log.append(_record_round(model, context, r, mask_sparsity(masks)))
+            if key is not None:
+                context.cache_save(key, {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "masks": masks,
+                                         "history": context.history[history_start:], "log": log[-1]})
     per_layer = {n.removesuffix(".weight"): {"shape": list(mk.shape), "numel": mk.numel(), "nonzero": int(mk.sum()), "sparsity": s}
                  for (n, mk), s in zip(masks.items(), layer_sparsity(masks).values())}
     return mask_sparsity(masks), {"method": cfg.method, "scope": cfg.scope, "layers": per_layer, "rounds": log}
@@ -157,6 +169,24 @@ def _retrain(model: nn.Module, cfg: PruneStepConfig, context: StepContext, callb
                     progress=context.progress, desc=f"prune round {round_index}")
     context.history.extend({**rec, "prune_round": round_index} for rec in records)
     context.metrics["prune_retrain_seconds"] = context.metrics.get("prune_retrain_seconds", 0.0) + sum(r["seconds"] for r in records)
+
+
+def _round_key(cfg: PruneStepConfig, context: StepContext, r: int) -> str:
+    """Identifies the state after round r: the earlier steps, this step without its control, and r."""
+    earlier = context.config.steps[:context.step_index]
+    text = json.dumps([earlier, cfg.model_dump(mode="json", exclude={"control"}), r], sort_keys=True)
+    return "prune-round-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _restore_round(model: nn.Module, cached: dict, context: StepContext) -> Masks:
+    """Load a round computed by an earlier run of the study (same parent, same rounds so far)."""
+    model.load_state_dict(cached["model"])
+    context.history.extend({**rec, "reused": True} for rec in cached["history"])
+    rec = cached["log"]
+    context.metrics[f"round{rec['prune_round']}_top1"] = rec["test_top1"]
+    context.metrics[f"round{rec['prune_round']}_sparsity"] = rec["sparsity"]
+    context.notes["prune_reuse"] = "rounds before the last were computed once by a run with the same parent and rounds, and reused"
+    return {k: v.to(model.state_dict()[k].device) for k, v in cached["masks"].items()}
 
 
 def _record_round(model: nn.Module, context: StepContext, r: int, sparsity: float, **extra) -> dict:
