@@ -45,6 +45,7 @@ class DataConfig(Strict):
 class ModelConfig(Strict):
     name: str = "resnet20"
     weights: str | None = Field(None, description="a state-dict checkpoint to load instead of (or before) training")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the model factory")
 
     @field_validator("name")
     @classmethod

@@ -127,7 +127,7 @@ def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool
     device = data.device
     torch.manual_seed(config.seed)
     c, h, w = data.dataset.image_shape
-    model = create_model(config.model.name, data.dataset.num_classes, c, h, weights=config.model.weights).to(device)
+    model = create_model(config.model.name, data.dataset.num_classes, c, h, weights=config.model.weights, **config.model.options).to(device)
     if config.train.channels_last and c > 1:
         model = model.to(memory_format=torch.channels_last)
 

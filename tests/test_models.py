@@ -73,3 +73,11 @@ def test_checkpoint_with_code_is_refused(tmp_path):
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"w": Evil()}))
     with pytest.raises(SlimlabError, match="not a plain state-dict"):
         create_model("resnet20", weights=tmp_path / "evil.pt")
+
+
+def test_factory_options_reach_the_model():
+    model = create_model("resnet20", zero_init_residual=True)
+    assert all(float(block.bn2.weight.abs().sum()) == 0 for stage in (model.layer1, model.layer2, model.layer3) for block in stage)
+    assert float(create_model("resnet20").layer1[0].bn2.weight.sum()) == 16
+    with pytest.raises(ConfigError, match="takes no option 'width'"):
+        create_model("resnet20", width=2)

@@ -28,8 +28,10 @@ def list_models(pattern: str = "*") -> dict[str, str]:
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
-                 weights: str | Path | None = None) -> nn.Module:
-    """Build a registered model or a user factory ('package.module:function'); optionally load a state-dict checkpoint."""
+                 weights: str | Path | None = None, **options) -> nn.Module:
+    """Build a registered model or a user factory ('package.module:function'); optionally load a state-dict checkpoint.
+
+    `options` go to the factory as keyword arguments (e.g. zero_init_residual=True for the ResNets)."""
     _load_builtin()
     if ":" in name:
         factory = _import_factory(name)
@@ -40,7 +42,10 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_s
     accepted = inspect.signature(factory).parameters
     offered = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
     has_var_kw = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-    model = factory(**{k: v for k, v in offered.items() if has_var_kw or k in accepted})
+    unknown = [k for k in options if k not in accepted and not has_var_kw]
+    if unknown:
+        raise ConfigError(f"model.options: '{name}' takes no option {', '.join(map(repr, unknown))}")
+    model = factory(**{k: v for k, v in offered.items() if has_var_kw or k in accepted}, **options)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.name: factory '{name}' returned {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:

@@ -64,11 +64,11 @@ def make_stage(block, cin: int, width: int, blocks: int, stride: int) -> tuple[n
     return nn.Sequential(*layers), cin
 
 
-def init_resnet(model: nn.Module) -> None:
-    """Kaiming-normal convolutions, unit batch norms (He et al. 2015), and each block's last batch norm at zero.
+def init_resnet(model: nn.Module, zero_init_residual: bool = False) -> None:
+    """Kaiming-normal convolutions, unit batch norms (He et al. 2015); optionally each block's last batch norm at zero.
 
-    Zero-initialized residual branches start every block as the identity (Goyal et al. 2017), which lets short
-    schedules use a higher learning rate.
+    Zero-initialized residual branches start every block as the identity (Goyal et al. 2017); the 20-epoch
+    ResNet-20 recipe uses it with a higher learning rate.
     """
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -76,7 +76,7 @@ def init_resnet(model: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-    for m in model.modules():
+    for m in model.modules() if zero_init_residual else ():
         if isinstance(m, Bottleneck):
             nn.init.zeros_(m.bn3.weight)
         elif isinstance(m, BasicBlock):

@@ -204,7 +204,8 @@ def _record_round(model: nn.Module, context: StepContext, r: int, sparsity: floa
 def _build(context: StepContext, pretrained: bool) -> Callable[[], nn.Module]:
     cfg = context.config
     c, h, _ = context.data.dataset.image_shape
-    return lambda: create_model(cfg.model.name, context.data.dataset.num_classes, c, h, weights=cfg.model.weights if pretrained else None)
+    return lambda: create_model(cfg.model.name, context.data.dataset.num_classes, c, h,
+                                weights=cfg.model.weights if pretrained else None, **cfg.model.options)
 
 
 def _matching(state: dict, model: nn.Module) -> dict:
