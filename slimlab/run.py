@@ -139,7 +139,7 @@ def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool
     context = StepContext(config, data, progress, history=list(history), weights_at_epoch=snapshots,
                           cache_load=lambda name: store.load_training_file(key, f"{name}.pt"),
                           cache_save=lambda name, value: store.save_training_file(key, f"{name}.pt", value))
-    context.notes["trained_weights"] = str(store.training_dir(training_hash(config)) / TRAINED_WEIGHTS)
+    context.notes["trained_weights"] = str(store.training_dir(key) / TRAINED_WEIGHTS)
     if config.steps:  # the float reference the compression steps are judged against
         context.metrics.update(_accuracy(model, context, "float_"))
     float_counts = {**measure.count_parameters(model), **measure.count_macs(copy.deepcopy(model), _example(context, 1))} if config.steps else {}
@@ -163,7 +163,8 @@ def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool
     metrics.update(_measure_model(model, context, run_id, store, notes, float_counts))
     for name, blob in context.artifacts.items():
         store.save_artifact(run_id, name, blob)
-    return metrics, notes, measure.environment(context.measure_device or device), history
+    # The history on record: training epochs, then whatever the steps trained or evaluated (QAT epochs, pruning rounds).
+    return metrics, notes, measure.environment(context.measure_device or device), context.history
 
 
 def _snapshot_epochs(config: ExperimentConfig) -> set[int]:
