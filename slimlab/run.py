@@ -94,6 +94,12 @@ class StepContext:
         split = self.data.val if len(self.data.val) else self.data.train
         return self.data.loader(split, batch_size, self.config)
 
+    def example(self, batch: int, device: torch.device | None = None) -> torch.Tensor:
+        """`batch` normalized test images (repeated if the test set is smaller), for tracing and timing."""
+        device = device or self.measure_device or self.data.device
+        test = self.data.test
+        return self.test_loader(batch_size=batch, device=device).normalize(test.images[torch.arange(batch) % len(test)].to(device))
+
     def test_loader(self, batch_size: int | None = None, device: torch.device | None = None) -> DeviceLoader:
         loader = self.data.loader(self.data.test, batch_size or self.config.measure.eval_batch_size, self.config)
         if device is not None and device != loader.device:
@@ -142,7 +148,7 @@ def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool
     context.notes["trained_weights"] = str(store.training_dir(key) / TRAINED_WEIGHTS)
     if config.steps:  # the float reference the compression steps are judged against
         context.metrics.update(_accuracy(model, context, "float_"))
-    float_counts = {**measure.count_parameters(model), **measure.count_macs(copy.deepcopy(model), _example(context, 1))} if config.steps else {}
+    float_counts = {**measure.count_parameters(model), **measure.count_macs(copy.deepcopy(model), context.example(1))} if config.steps else {}
     kinds = step_kinds()
     for index, step in enumerate(config.steps):
         context.step_index = index
@@ -225,13 +231,6 @@ def _accuracy(model: nn.Module, context: StepContext, prefix: str = "") -> dict:
     return {f"{prefix}top1": result["top1"], f"{prefix}top5": result["top5"], f"{prefix}test_loss": result["loss"]}
 
 
-def _example(context: StepContext, batch: int, device: torch.device | None = None) -> torch.Tensor:
-    """`batch` normalized test images (repeated if the test set is smaller), for tracing and timing."""
-    device = device or context.measure_device or context.data.device
-    test = context.data.test
-    return context.test_loader(batch_size=batch, device=device).normalize(test.images[torch.arange(batch) % len(test)].to(device))
-
-
 def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: Store, notes: dict, float_counts: dict) -> dict:
     """Accuracy, size of the saved deployable file, counts and latency of the final model."""
     cfg = context.config.measure
@@ -241,7 +240,7 @@ def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: S
     if cfg.flip_tta:
         tta = evaluate(model, context.test_loader(device=device), amp=context.config.train.amp, flip_tta=True)
         metrics.update(top1_flip_tta=tta["top1"], top5_flip_tta=tta["top5"])
-    example = _example(context, 1, device)
+    example = context.example(1, device)
     blob, fmt = (context.serialize or measure.serialize_deployable)(model, example)
     path = store.save_artifact(run_id, "model.onnx" if fmt == "onnx" else "model.pt", blob)
     metrics.update(measure.size_figures(blob))
@@ -254,7 +253,7 @@ def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: S
     if cfg.latency:
         threads = cfg.threads or torch.get_num_threads()
         for batch in cfg.batch_sizes:
-            lat = measure.measure_latency(model, _example(context, batch, device), cfg.warmup, cfg.repeats, threads)
+            lat = measure.measure_latency(model, context.example(batch, device), cfg.warmup, cfg.repeats, threads)
             metrics[f"latency_b{batch}_median_ms"] = lat["median_ms"]
             metrics[f"latency_b{batch}_p90_ms"] = lat["p90_ms"]
             metrics[f"throughput_b{batch}_per_s"] = lat["throughput_per_s"]

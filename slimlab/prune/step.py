@@ -32,13 +32,13 @@ RANDOM_SEED_OFFSET = 104729  # random masks, so they differ from the weight init
 
 def apply_prune(model: nn.Module, cfg: PruneStepConfig, context: StepContext) -> nn.Module:
     """Prune `model` as `cfg` says, retraining between rounds; metrics, notes and artifacts go into `context`."""
-    example = example_batch(context, 1)
-    before = footprint(model, example, context.config.measure, lambda b: example_batch(context, b))
+    example = context.example(1, context.data.device)
+    before = footprint(model, example, context.config.measure, lambda b: context.example(b, context.data.device))
     if cfg.method == "ln_structured":
         sparsity, layers = _structured_rounds(model, cfg, context, example)
     else:
         sparsity, layers = _unstructured_rounds(model, cfg, context)
-    after = footprint(model, example, context.config.measure, lambda b: example_batch(context, b))
+    after = footprint(model, example, context.config.measure, lambda b: context.example(b, context.data.device))
     sizes = storage_report(model)
     m = context.metrics
     m["prune_sparsity"] = sparsity
@@ -61,13 +61,6 @@ def apply_prune(model: nn.Module, cfg: PruneStepConfig, context: StepContext) ->
                                    "(model_sparse.bin, read with slimlab.prune.sparse_io.load_sparse)")
     context.notes["prune_macs"] = "prune_nonzero_macs_*: multiply-accumulates with a non-zero weight, what a sparse kernel could skip"
     return model
-
-
-def example_batch(context: StepContext, batch: int) -> torch.Tensor:
-    """`batch` normalized test images on the training device (repeating if the test set is smaller)."""
-    test = context.data.test
-    loader = context.test_loader()
-    return loader.normalize(test.images[torch.arange(batch) % len(test)].to(loader.device))
 
 
 def _unstructured_rounds(model: nn.Module, cfg: PruneStepConfig, context: StepContext) -> tuple[float, dict]:
