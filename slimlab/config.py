@@ -13,7 +13,7 @@ from slimlab.errors import ConfigError
 
 # Bump whenever a field is added, removed or changes meaning: the run id changes with it, so old results
 # are never silently reused under a new meaning (a golden-hash test pins the current value).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Strict(BaseModel):
@@ -30,6 +30,8 @@ class DataConfig(Strict):
     test_subset: int | None = Field(None, gt=0, description="evaluate on the first N test images (quick runs)")
     crop_padding: int = Field(4, ge=0)
     flip: bool = True
+    alternate_flips: bool = Field(False, description="flip each image in every other epoch (random phase per image) instead of "
+                                  "a fresh coin toss each epoch: every epoch then sees the mirror of the last (Jordan 2024)")
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -67,6 +69,8 @@ class TrainConfig(Strict):
     weight_decay: float = Field(5e-4, ge=0)
     decay_norm_and_bias: bool = Field(False, description="apply weight decay to batch-norm and bias parameters too")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the weights "
+                                    "(per step) and finish with it; dense training only")
     schedule: Literal["onecycle", "cosine", "step", "constant"] = "onecycle"
     warmup_epochs: float = Field(1.0, ge=0)
     final_lr_fraction: float = Field(0.0, ge=0, le=1)

@@ -49,7 +49,8 @@ class Prepared:
 
     def loader(self, split: ImageSplit, batch_size: int, config: ExperimentConfig, training: bool = False) -> DeviceLoader:
         return DeviceLoader(split, batch_size, self.dataset.mean, self.dataset.std, device=self.device, shuffle=training,
-                            augment=training, crop_padding=config.data.crop_padding, flip=config.data.flip, seed=config.seed,
+                            augment=training, crop_padding=config.data.crop_padding, flip=config.data.flip,
+                            alternate_flips=config.data.alternate_flips, seed=config.seed,
                             drop_last=training, channels_last=config.train.channels_last and split.images.shape[1] > 1)
 
 

@@ -44,6 +44,35 @@ class TrainState:
         return cls(d["model"], d["optimizer"], d["epoch"], d.get("history", []), d.get("extra", {}))
 
 
+class WeightAverage:
+    """Exponential moving average of a model's floating-point weights and buffers, updated every optimizer step.
+
+    The decay ramps up as (1 + t) / (10 + t) so early updates are not dominated by the initial weights; integer
+    buffers (batch-norm counters) are copied as they are."""
+
+    def __init__(self, model: nn.Module, decay: float, state: dict | None = None):
+        self.decay = decay
+        live = model.state_dict()
+        source = state["average"] if state else live
+        self.average = {k: source[k].detach().clone().to(v.device) for k, v in live.items()}
+        self.updates = state["updates"] if state else 0
+        self._float_keys = [k for k, v in live.items() if v.dtype.is_floating_point]
+        self._live = [live[k] for k in self._float_keys]
+        self._shadow = [self.average[k] for k in self._float_keys]
+        self._other = [(self.average[k], v) for k, v in live.items() if not v.dtype.is_floating_point]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self._shadow, self._live, 1 - decay)
+        for shadow, live in self._other:
+            shadow.copy_(live)
+
+    def state_dict(self) -> dict:
+        return {"average": self.average, "updates": self.updates}
+
+
 def lr_multiplier(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
     """Learning-rate factor at optimizer step `step` (0-based): linear warm-up, then the chosen decay."""
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -127,6 +156,9 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
     total_steps = steps_per_epoch * cfg.epochs
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     base_lrs = [g["lr"] for g in optimizer.param_groups] if resume is None else [cfg.lr] * len(optimizer.param_groups)
+    average = None
+    if cfg.ema_decay is not None:
+        average = WeightAverage(model, cfg.ema_decay, resume.extra.get("ema") if resume is not None else None)
 
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -152,6 +184,8 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
             optimizer.step()
             for cb in callbacks:
                 getattr(cb, "on_step_end", lambda *a: None)(model)
+            if average is not None:
+                average.update()
             loss_sum += loss.detach() * y.numel()
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.numel()
@@ -175,5 +209,8 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
             val_text = f", val {record['val_top1']:.2f}%" if "val_top1" in record else ""
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f}, train {record['train_top1']:.2f}%{val_text}, {record['seconds']:.0f}s")
         if save_checkpoint is not None:
-            save_checkpoint(TrainState(model.state_dict(), optimizer.state_dict(), epoch + 1, history))
+            extra = {"ema": average.state_dict()} if average is not None else {}
+            save_checkpoint(TrainState(model.state_dict(), optimizer.state_dict(), epoch + 1, history, extra))
+    if average is not None:  # finish with the averaged weights; the last checkpoint keeps the raw ones beside them
+        model.load_state_dict(average.average)
     return history

@@ -5,7 +5,7 @@ from slimlab.config import ExperimentConfig, build_config, config_hash, load_con
 from slimlab.errors import ConfigError
 
 # Pinned: if this changes, old stores would be silently re-keyed. Change it only with a SCHEMA_VERSION bump.
-GOLDEN_DEFAULT_HASH = "307fdf634882c8ec"
+GOLDEN_DEFAULT_HASH = "0f6a3482cb5397bb"
 
 
 def test_golden_hash_of_default_config():

@@ -166,6 +166,21 @@ def test_augmentation_is_a_crop_of_the_padded_image():
     assert all(s or torch.equal(flipped[i], images[i].flip(2)) for i, s in enumerate(same)) and 10 < sum(same) < 54
 
 
+def test_alternating_flips_mirror_each_image_in_every_other_epoch():
+    images = torch.randint(0, 255, (40, 3, 8, 8), dtype=torch.uint8)
+    split = ImageSplit(images, torch.arange(40))
+    loader = DeviceLoader(split, 8, (0.0,) * 3, (1 / 255,) * 3, shuffle=True, augment=True, crop_padding=0, alternate_flips=True)
+    seen = []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        by_label = {}
+        for x, y in loader:
+            by_label.update({int(label): x[i].round().to(torch.uint8) for i, label in enumerate(y)})
+        seen.append([torch.equal(by_label[i], images[i].flip(2)) for i in range(40)])
+    assert 10 < sum(seen[0]) < 30  # the first epoch's phases are random
+    assert seen[1] == [not f for f in seen[0]] and seen[2] == seen[0]
+
+
 def test_data_order_is_a_function_of_the_seed():
     split = ImageSplit(torch.randint(0, 255, (40, 3, 8, 8), dtype=torch.uint8), torch.arange(40))
     make = lambda seed: DeviceLoader(split, 8, (0.5,) * 3, (0.25,) * 3, shuffle=True, augment=True, seed=seed)

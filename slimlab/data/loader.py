@@ -16,8 +16,9 @@ def split_validation(train: ImageSplit, val_size: int, seed: int) -> tuple[Image
     return train.subset(perm[val_size:].sort().values), train.subset(perm[:val_size].sort().values)
 
 
-def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Zero-padded random crop and horizontal flip of a whole uint8 batch with one gather, no per-image Python."""
+def random_crop_flip(images: torch.Tensor, padding: int, flip: bool | torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Zero-padded random crop and horizontal flip of a whole uint8 batch with one gather, no per-image Python.
+    `flip` True tosses a coin per image; a bool tensor flips exactly the images it marks."""
     n, c, h, w = images.shape
     device = images.device
     out = images
@@ -28,7 +29,9 @@ def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: 
         rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
         cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
         out = padded[torch.arange(n, device=device)[:, None, None, None], torch.arange(c, device=device)[None, :, None, None], rows, cols]
-    if flip:
+    if isinstance(flip, torch.Tensor):
+        out = torch.where(flip.to(device)[:, None, None, None], out.flip(3), out)
+    elif flip:
         mask = (torch.rand(n, generator=generator) < 0.5).to(device)[:, None, None, None]
         out = torch.where(mask, out.flip(3), out)
     return out
@@ -38,7 +41,8 @@ class DeviceLoader:
     """Iterates (float images, labels) batches; the order and augmentation are functions of (seed, epoch)."""
 
     def __init__(self, split: ImageSplit, batch_size: int, mean, std, *, device="cpu", shuffle=False,
-                 augment=False, crop_padding=4, flip=True, seed=0, drop_last=False, channels_last=False):
+                 augment=False, crop_padding=4, flip=True, alternate_flips=False, seed=0, drop_last=False,
+                 channels_last=False):
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
         self.batch_size = batch_size
@@ -48,6 +52,9 @@ class DeviceLoader:
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255)
         self.epoch = 0
+        # Alternating flips: image i is mirrored in epochs where (epoch + phase[i]) is odd, phase drawn once from the seed.
+        self.flip_phase = (torch.randint(0, 2, (len(self.labels),), generator=torch.Generator().manual_seed(seed + 7919)).bool()
+                           .to(device) if alternate_flips and flip else None)
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -69,5 +76,6 @@ class DeviceLoader:
             sel = order[idx] if order is not None else idx
             images, labels = self.images[sel], self.labels[sel]
             if self.augment:
-                images = random_crop_flip(images, self.crop_padding, self.flip, generator)
+                flip = self.flip if self.flip_phase is None else self.flip_phase[sel] ^ bool(self.epoch % 2)
+                images = random_crop_flip(images, self.crop_padding, flip, generator)
             yield self.normalize(images), labels

@@ -1,0 +1,50 @@
+"""The training loop's weight average: its arithmetic, and resuming it after a kill."""
+import copy
+
+import torch
+from torch import nn
+
+from slimlab.config import TrainConfig
+from slimlab.data import ImageSplit
+from slimlab.data.loader import DeviceLoader
+from slimlab.models import create_model
+from slimlab.train import TrainState, WeightAverage, train
+
+
+def test_weight_average_follows_its_decay_and_copies_counters():
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    average = WeightAverage(model, decay=0.5)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].num_batches_tracked.fill_(7)
+    average.update()  # warm-up decay min(0.5, 2/11) = 2/11
+    assert torch.allclose(average.average["0.weight"], start + 9 / 11)
+    assert int(average.average["1.num_batches_tracked"]) == 7
+    assert torch.equal(model[0].weight, start + 1)  # the live weights are left alone
+
+
+def _loader():
+    generator = torch.Generator().manual_seed(0)
+    split = ImageSplit(torch.randint(0, 255, (64, 3, 16, 16), dtype=torch.uint8, generator=generator), torch.arange(64) % 10)
+    return DeviceLoader(split, 16, (0.5,) * 3, (0.25,) * 3, shuffle=True, augment=True, alternate_flips=True, drop_last=True)
+
+
+def test_weight_average_finishes_training_and_resumes_exactly():
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, warmup_epochs=0, ema_decay=0.9)
+    torch.manual_seed(0)
+    straight = create_model("resnet20", num_classes=10)
+    initial = {k: v.clone() for k, v in straight.state_dict().items()}
+    states = []
+    train(straight, _loader(), cfg, save_checkpoint=lambda state: states.append(copy.deepcopy(state)), progress=False)
+    raw_final = states[-1].model
+    assert "ema" in states[-1].extra
+    assert not torch.equal(straight.state_dict()["fc.weight"], raw_final["fc.weight"])  # finished on the average
+    assert torch.equal(straight.state_dict()["fc.weight"], states[-1].extra["ema"]["average"]["fc.weight"])
+
+    resumed = create_model("resnet20", num_classes=10)
+    resumed.load_state_dict(initial)
+    after_one = TrainState.from_dict(states[0].to_dict())  # as if killed after epoch 1
+    train(resumed, _loader(), cfg, resume=after_one, progress=False)
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
