@@ -69,6 +69,8 @@ class TrainConfig(Strict):
     weight_decay: float = Field(5e-4, ge=0)
     decay_norm_and_bias: bool = Field(False, description="apply weight decay to batch-norm and bias parameters too")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
+    uncropped_final_epochs: int = Field(0, ge=0, description="train the last N epochs on uncropped images (flips stay), "
+                                        "closing the gap between padded crops and test images (He et al. 2019)")
     ema_decay: float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the weights "
                                     "(per step) and finish with it; dense training only")
     schedule: Literal["onecycle", "cosine", "step", "constant"] = "onecycle"
@@ -92,6 +94,8 @@ class TrainConfig(Strict):
     def _warmup_fits(self):
         if self.epochs and self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
+        if self.uncropped_final_epochs > self.epochs:
+            raise ValueError(f"uncropped_final_epochs ({self.uncropped_final_epochs}) exceeds epochs ({self.epochs})")
         return self
 
 

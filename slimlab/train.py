@@ -164,7 +164,7 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
         model.train()
         for cb in callbacks:
             getattr(cb, "on_epoch_start", lambda *a: None)(epoch, model)
-        train_loader.set_epoch(epoch)
+        train_loader.set_epoch(epoch, crop=epoch < cfg.epochs - cfg.uncropped_final_epochs)
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)

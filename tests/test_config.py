@@ -5,7 +5,7 @@ from slimlab.config import ExperimentConfig, build_config, config_hash, load_con
 from slimlab.errors import ConfigError
 
 # Pinned: if this changes, old stores would be silently re-keyed. Change it only with a SCHEMA_VERSION bump.
-GOLDEN_DEFAULT_HASH = "0f6a3482cb5397bb"
+GOLDEN_DEFAULT_HASH = "07b7c90691163fdb"
 
 
 def test_golden_hash_of_default_config():
@@ -17,6 +17,11 @@ def test_hash_covers_defaults_and_every_field():
     assert config_hash(build_config({"train": {"epochs": 20}})) == config_hash(base)  # explicit default == implicit
     assert config_hash(build_config({"train": {"label_smoothing": 0.0}})) != config_hash(base)
     assert config_hash(build_config({"seed": 1})) != config_hash(base)
+
+
+def test_schedule_limits_are_checked_against_epochs():
+    with pytest.raises(ConfigError, match=r"uncropped_final_epochs \(30\) exceeds epochs \(20\)"):
+        build_config({"train": {"uncropped_final_epochs": 30}})
 
 
 def test_unknown_key_names_key_and_file(tmp_path):

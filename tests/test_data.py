@@ -181,6 +181,18 @@ def test_alternating_flips_mirror_each_image_in_every_other_epoch():
     assert seen[1] == [not f for f in seen[0]] and seen[2] == seen[0]
 
 
+def test_an_epoch_without_crop_shows_whole_images():
+    images = torch.randint(0, 255, (16, 3, 8, 8), dtype=torch.uint8)
+    loader = DeviceLoader(ImageSplit(images, torch.arange(16)), 16, (0.0,) * 3, (1 / 255,) * 3, shuffle=True, augment=True)
+    loader.set_epoch(3, crop=False)
+    x, y = next(iter(loader))
+    x = x.round().to(torch.uint8)
+    assert all(torch.equal(x[i], images[label]) or torch.equal(x[i], images[label].flip(2)) for i, label in enumerate(y))
+    loader.set_epoch(4)
+    x, y = next(iter(loader))
+    assert not all(torch.equal(x[i].round().to(torch.uint8), images[label]) for i, label in enumerate(y))
+
+
 def test_data_order_is_a_function_of_the_seed():
     split = ImageSplit(torch.randint(0, 255, (40, 3, 8, 8), dtype=torch.uint8), torch.arange(40))
     make = lambda seed: DeviceLoader(split, 8, (0.5,) * 3, (0.25,) * 3, shuffle=True, augment=True, seed=seed)

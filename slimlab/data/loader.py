@@ -51,7 +51,7 @@ class DeviceLoader:
         self.seed, self.drop_last, self.channels_last = seed, drop_last, channels_last
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255)
-        self.epoch = 0
+        self.epoch, self.crop_this_epoch = 0, True
         # Alternating flips: image i is mirrored in epochs where (epoch + phase[i]) is odd, phase drawn once from the seed.
         self.flip_phase = (torch.randint(0, 2, (len(self.labels),), generator=torch.Generator().manual_seed(seed + 7919)).bool()
                            .to(device) if alternate_flips and flip else None)
@@ -60,8 +60,9 @@ class DeviceLoader:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, crop: bool = True) -> None:
+        """Order and augmentation of the next pass; `crop=False` skips the crop for it (flips stay)."""
+        self.epoch, self.crop_this_epoch = epoch, crop
 
     def normalize(self, images_u8: torch.Tensor) -> torch.Tensor:
         x = (images_u8.float() - self.mean) * self.inv_std
@@ -77,5 +78,5 @@ class DeviceLoader:
             images, labels = self.images[sel], self.labels[sel]
             if self.augment:
                 flip = self.flip if self.flip_phase is None else self.flip_phase[sel] ^ bool(self.epoch % 2)
-                images = random_crop_flip(images, self.crop_padding, flip, generator)
+                images = random_crop_flip(images, self.crop_padding if self.crop_this_epoch else 0, flip, generator)
             yield self.normalize(images), labels
