@@ -213,4 +213,7 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
             save_checkpoint(TrainState(model.state_dict(), optimizer.state_dict(), epoch + 1, history, extra))
     if average is not None:  # finish with the averaged weights; the last checkpoint keeps the raw ones beside them
         model.load_state_dict(average.average)
+        if history and val_loader is not None and len(val_loader.labels):
+            val = evaluate(model, val_loader, amp=cfg.amp)
+            history[-1] = {**history[-1], "average_val_top1": val["top1"], "average_val_loss": val["loss"]}
     return history

@@ -1,5 +1,6 @@
 """The training loop's weight average: its arithmetic, and resuming it after a kill."""
 import copy
+import json
 
 import torch
 from torch import nn
@@ -48,3 +49,16 @@ def test_weight_average_finishes_training_and_resumes_exactly():
     train(resumed, _loader(), cfg, resume=after_one, progress=False)
     for key, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_a_run_with_the_recipe_options_reports_the_average(tmp_path):
+    import slimlab
+    from conftest import tiny_config
+    from slimlab.config import build_config
+
+    config = build_config(tiny_config(**{"train.ema_decay": 0.9, "train.uncropped_final_epochs": 1, "data.alternate_flips": True}))
+    record = slimlab.run(config, store=tmp_path / "store", progress=False)
+    assert record.status == "done", record.error
+    last = json.loads((tmp_path / "store" / "runs" / record.id / "history.json").read_text())[-1]
+    assert record.metrics["val_top1"] == last["average_val_top1"]
+    assert 0 <= last["val_top1"] <= 100
