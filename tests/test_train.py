@@ -62,3 +62,13 @@ def test_a_run_with_the_recipe_options_reports_the_average(tmp_path):
     last = json.loads((tmp_path / "store" / "runs" / record.id / "history.json").read_text())[-1]
     assert record.metrics["val_top1"] == last["average_val_top1"]
     assert 0 <= last["val_top1"] <= 100
+
+
+def test_retraining_after_pruning_never_averages_and_ends_uncropped_like_its_parent():
+    from slimlab.prune.lottery import retrain_config
+
+    parent = TrainConfig(epochs=20, ema_decay=0.998, uncropped_final_epochs=2)
+    finetune = retrain_config(parent, "finetune", finetune_epochs=1, finetune_lr=0.01)
+    assert finetune.ema_decay is None and finetune.uncropped_final_epochs == 1 and finetune.epochs == 1
+    rewind = retrain_config(parent, "weight_rewind", finetune_epochs=1, finetune_lr=0.01)
+    assert rewind.ema_decay is None and rewind.uncropped_final_epochs == 2 and rewind.epochs == 20
