@@ -91,7 +91,7 @@ class TrainConfig(Strict):
         return v
 
     @model_validator(mode="after")
-    def _warmup_fits(self):
+    def _schedule_fits_epochs(self):
         if self.epochs and self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
         if self.uncropped_final_epochs > self.epochs:

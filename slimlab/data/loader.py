@@ -52,7 +52,8 @@ class DeviceLoader:
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255)
         self.epoch, self.crop_this_epoch = 0, True
-        # Alternating flips: image i is mirrored in epochs where (epoch + phase[i]) is odd, phase drawn once from the seed.
+        # Alternating flips: image i is mirrored in epochs where (epoch + phase[i]) is odd. The phases come from a
+        # generator of their own, so the order and crops are drawn exactly as without alternating flips.
         self.flip_phase = (torch.randint(0, 2, (len(self.labels),), generator=torch.Generator().manual_seed(seed + 7919)).bool()
                            .to(device) if alternate_flips and flip else None)
 
