@@ -24,7 +24,7 @@ if not torch.cuda.is_available():
     sys.exit(0)
 
 config = slimlab.load_config(ROOT / "examples/resnet20_cifar10.yaml", [
-    f"train.epochs={args.epochs}", "train.warmup_epochs=1", "train.device=cuda", "train.amp=true", "measure.batch_sizes=[1,256]"])
+    f"train.epochs={args.epochs}", "train.warmup_epochs=1", f"train.uncropped_final_epochs={min(1, args.epochs)}", "train.device=cuda", "train.amp=true", "measure.batch_sizes=[1,256]"])
 record = slimlab.run(config, store=args.store)
 m = record.metrics
 checks = {
