@@ -13,7 +13,7 @@ from slimlab.errors import ConfigError
 
 # Bump whenever a field is added, removed or changes meaning: the run id changes with it, so old results
 # are never silently reused under a new meaning (a golden-hash test pins the current value).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Strict(BaseModel):
@@ -80,6 +80,9 @@ class TrainConfig(Strict):
     gamma: float = Field(0.1, gt=0, le=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="bf16/fp16 autocast on CUDA only")
+    cpu_bf16: bool = Field(False, description="bf16 autocast for training steps on a CPU with native bf16 (AVX512-BF16 "
+                           "or AMX): about 1.5x faster there; weights, optimizer and evaluation stay fp32. Where the CPU "
+                           "lacks it, training runs in fp32 and the history says so")
     channels_last: bool = True
     max_batches_per_epoch: int | None = Field(None, gt=0, description="cap batches per epoch (quick runs, tests)")
 

@@ -100,10 +100,20 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
-def autocast_for(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when asked; plain fp32 on CPU, so CPU runs stay reproducible."""
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def cpu_has_native_bf16() -> bool:
+    """oneDNN's own check for AVX512-BF16 or AMX; without them bf16 is emulated and slower than fp32."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def training_precision(device: torch.device, cfg: TrainConfig) -> str:
+    """What the training steps compute in: bf16 autocast (amp on CUDA, cpu_bf16 on a capable CPU) or fp32."""
+    wanted = cfg.amp if device.type == "cuda" else cfg.cpu_bf16 and device.type == "cpu" and cpu_has_native_bf16()
+    return "bf16-autocast" if wanted else "fp32"
+
+
+def autocast_for(device: torch.device, precision: str):
+    if precision == "bf16-autocast":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -122,7 +132,8 @@ def evaluate(model: nn.Module, loader: DeviceLoader, amp: bool = False, max_batc
     for b, (x, y) in enumerate(tqdm(loader, total=total, desc=desc, leave=False, disable=not progress)):
         if max_batches is not None and b >= max_batches:
             break
-        with autocast_for(loader.device, amp):
+        # Evaluation autocasts on CUDA only: CPU figures stay fp32 whatever precision trained the model.
+        with autocast_for(loader.device, "bf16-autocast" if amp and loader.device.type == "cuda" else "fp32"):
             logits = model(x)
             if flip_tta:
                 logits = (logits.float() + model(x.flip(3)).float()) / 2
@@ -156,6 +167,7 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
     total_steps = steps_per_epoch * cfg.epochs
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     base_lrs = [g["lr"] for g in optimizer.param_groups] if resume is None else [cfg.lr] * len(optimizer.param_groups)
+    precision = training_precision(device, cfg)
     average = None
     if cfg.ema_decay is not None:
         average = WeightAverage(model, cfg.ema_decay, resume.extra.get("ema") if resume is not None else None)
@@ -176,7 +188,7 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
             factor = lr_multiplier(epoch * steps_per_epoch + b, total_steps, steps_per_epoch, cfg)
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * factor
-            with autocast_for(device, cfg.amp):
+            with autocast_for(device, precision):
                 logits = model(x)
                 loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -198,7 +210,7 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
         if not torch.isfinite(loss_sum):
             raise TrainingDiverged(f"non-finite training loss in epoch {epoch + 1}")
         record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(1, seen), "train_top1": 100.0 * correct.item() / max(1, seen),
-                  "lr": base_lrs[0] * factor, "seconds": time.perf_counter() - started}
+                  "lr": base_lrs[0] * factor, "seconds": time.perf_counter() - started, "precision": precision}
         if val_loader is not None and len(val_loader.labels):
             val = evaluate(model, val_loader, amp=cfg.amp)
             record.update(val_top1=val["top1"], val_loss=val["loss"])

@@ -72,3 +72,31 @@ def test_retraining_after_pruning_never_averages_and_ends_uncropped_like_its_par
     assert finetune.ema_decay is None and finetune.uncropped_final_epochs == 1 and finetune.epochs == 1
     rewind = retrain_config(parent, "weight_rewind", finetune_epochs=1, finetune_lr=0.01)
     assert rewind.ema_decay is None and rewind.uncropped_final_epochs == 2 and rewind.epochs == 20
+
+
+def test_cpu_bf16_trains_in_bf16_where_the_cpu_has_it_and_says_what_it_used(monkeypatch):
+    import pytest
+
+    from slimlab import train as train_module
+
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=0.05, warmup_epochs=0, cpu_bf16=True)
+    if not train_module.cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16")
+    runs = []
+    for _ in range(2):  # bf16 on CPU is still a function of the seed
+        torch.manual_seed(0)
+        model = create_model("resnet20", num_classes=10)
+        history = train(model, _loader(), cfg, progress=False)
+        runs.append((history[-1], model.state_dict()["fc.weight"].clone()))
+    assert runs[0][0]["precision"] == "bf16-autocast"
+    assert runs[0][0]["train_loss"] == runs[1][0]["train_loss"] and torch.equal(runs[0][1], runs[1][1])
+    assert runs[0][1].dtype == torch.float32  # the weights themselves stay fp32
+
+    torch.manual_seed(0)
+    fp32 = create_model("resnet20", num_classes=10)
+    fp32_history = train(fp32, _loader(), cfg.model_copy(update={"cpu_bf16": False}), progress=False)
+    assert fp32_history[-1]["precision"] == "fp32"
+    assert fp32_history[-1]["train_loss"] != runs[0][0]["train_loss"]  # bf16 really ran
+
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)  # an older CPU falls back and records it
+    assert train_module.training_precision(torch.device("cpu"), cfg) == "fp32"
