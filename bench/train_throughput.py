@@ -4,7 +4,8 @@
 
 Both train the same model on the same CIFAR-10 (JPEG copy) images with the same batch size, optimizer and
 memory format; the minimal loop does no augmentation at all, so it is the strictest baseline. Rounds alternate
-(A B A B ...) so that drift on a noisy machine hits both; the best round of each is compared.
+(A B A B ...) so that drift on a noisy machine hits both; the best round of each is compared. Where the CPU has
+native bf16, a third arm times slimlab's loop with `train.cpu_bf16` against the same fp32 baseline.
 """
 import argparse
 import sys
@@ -16,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import slimlab  # noqa: E402
 from slimlab.run import prepare_data  # noqa: E402
-from slimlab.train import train  # noqa: E402
+from slimlab.train import cpu_has_native_bf16, train  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--model", default="resnet20")
@@ -39,7 +40,7 @@ def fresh_model():
     return slimlab.create_model(args.model).to(memory_format=torch.channels_last)
 
 
-def slimlab_round() -> float:
+def slimlab_round(train_config) -> float:
     model = fresh_model()
     loader = data.loader(subset, args.batch_size, config, training=True)
 
@@ -51,7 +52,7 @@ def slimlab_round() -> float:
             if Clock.steps == 2:
                 Clock.start = time.perf_counter()
 
-    train(model, loader, config.train, callbacks=[Clock()], progress=False)
+    train(model, loader, train_config, callbacks=[Clock()], progress=False)
     return args.batches * args.batch_size / (time.perf_counter() - Clock.start)
 
 
@@ -76,13 +77,21 @@ def minimal_round() -> float:
     return args.batches * args.batch_size / (time.perf_counter() - start)
 
 
-results = {"slimlab": [], "minimal": []}
+arms = {"minimal": minimal_round, "slimlab": lambda: slimlab_round(config.train)}
+if config.train.device != "cuda" and cpu_has_native_bf16():
+    arms["slimlab_bf16"] = lambda: slimlab_round(config.train.model_copy(update={"cpu_bf16": True}))
+results = {name: [] for name in arms}
 for r in range(args.rounds):
-    results["minimal"].append(minimal_round())
-    results["slimlab"].append(slimlab_round())
-    print(f"round {r + 1}: minimal {results['minimal'][-1]:.1f} img/s, slimlab {results['slimlab'][-1]:.1f} img/s", flush=True)
+    for name, arm in arms.items():
+        results[name].append(arm())
+    print(f"round {r + 1}: " + ", ".join(f"{name} {v[-1]:.1f} img/s" for name, v in results.items()), flush=True)
 best = {k: max(v) for k, v in results.items()}
 print(f"model {args.model}, batch {args.batch_size}, {args.threads} threads, {args.batches} timed batches x {args.rounds} rounds")
 print(f"minimal loop : {best['minimal']:.1f} img/s (best round)")
 print(f"slimlab loop : {best['slimlab']:.1f} img/s (best round; with crop+flip augmentation)")
 print(f"ratio slimlab/minimal: {best['slimlab'] / best['minimal']:.3f}  (goal >= 0.95)")
+if "slimlab_bf16" in best:
+    print(f"slimlab loop, cpu_bf16: {best['slimlab_bf16']:.1f} img/s; ratio to the fp32 minimal loop: "
+          f"{best['slimlab_bf16'] / best['minimal']:.3f}")
+else:
+    print("slimlab loop, cpu_bf16: not timed (this CPU has no native bf16)")

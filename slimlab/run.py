@@ -147,6 +147,8 @@ def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool
                           cache_load=lambda name: store.load_training_file(key, f"{name}.pt"),
                           cache_save=lambda name, value: store.save_training_file(key, f"{name}.pt", value))
     context.notes["trained_weights"] = str(store.training_dir(key) / TRAINED_WEIGHTS)
+    if history:
+        context.notes["train_precision"] = history[-1]["precision"]
     if config.steps:  # the float reference the compression steps are judged against
         context.metrics.update(_accuracy(model, context, "float_"))
     float_counts = {**measure.count_parameters(model), **measure.count_macs(copy.deepcopy(model), context.example(1))} if config.steps else {}

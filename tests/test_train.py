@@ -62,6 +62,7 @@ def test_a_run_with_the_recipe_options_reports_the_average(tmp_path):
     last = json.loads((tmp_path / "store" / "runs" / record.id / "history.json").read_text())[-1]
     assert record.metrics["val_top1"] == last["average_val_top1"]
     assert 0 <= last["val_top1"] <= 100
+    assert record.notes["train_precision"] == "fp32"
 
 
 def test_retraining_after_pruning_never_averages_and_ends_uncropped_like_its_parent():
