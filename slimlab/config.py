@@ -81,7 +81,7 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="bf16/fp16 autocast on CUDA only")
     cpu_bf16: bool = Field(False, description="bf16 autocast for training steps on a CPU with native bf16 (AVX512-BF16 "
-                           "or AMX): about 1.5x faster there; weights, optimizer and evaluation stay fp32. Where the CPU "
+                           "or AMX), faster there (bench/train_throughput.py); weights, optimizer and evaluation stay fp32. Where the CPU "
                            "lacks it, training runs in fp32 and the history says so")
     channels_last: bool = True
     max_batches_per_epoch: int | None = Field(None, gt=0, description="cap batches per epoch (quick runs, tests)")

@@ -20,11 +20,15 @@ def study_runs(records: list[RunRecord], study: str) -> list[RunRecord]:
 
 
 def seed_table(records: list[RunRecord], study: str) -> str:
-    """A plain-text table: one column per (variant, dataset), in the order the runs were created."""
+    """A plain-text table: one column per (variant, dataset), in the order the runs were created. A variant run
+    again under a changed config (an edited study file, a newer schema) shows its latest run only."""
     runs = study_runs(records, study)
     if not runs:
         return f"no finished runs of study '{study}'"
-    columns = [(r.name.split(":", 1)[1].split("/")[0], r.config["data"]["name"], r) for r in runs]
+    latest: dict[tuple[str, str], RunRecord] = {}
+    for r in runs:  # oldest first, so the newest run of a column wins while the column keeps its first place
+        latest[(r.name.split(":", 1)[1].split("/")[0], r.config["data"]["name"])] = r
+    columns = [(variant, data, r) for (variant, data), r in latest.items()]
     headers = [f"{variant} | {data}" for variant, data, _ in columns]
     width = max(len(label) for label, _ in SEED_ROWS)
     col = max(12, *(len(h) for h in headers))
