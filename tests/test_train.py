@@ -1,7 +1,9 @@
-"""The training loop's weight average: its arithmetic, and resuming it after a kill."""
+"""The training loop's options: the weight average (its arithmetic, resuming it after a kill), the recipe's data
+options end to end, retraining configs, and bf16 on CPU."""
 import copy
 import json
 
+import pytest
 import torch
 from torch import nn
 
@@ -76,8 +78,6 @@ def test_retraining_after_pruning_never_averages_and_ends_uncropped_like_its_par
 
 
 def test_cpu_bf16_trains_in_bf16_where_the_cpu_has_it_and_says_what_it_used(monkeypatch):
-    import pytest
-
     from slimlab import train as train_module
 
     cfg = TrainConfig(epochs=1, batch_size=16, lr=0.05, warmup_epochs=0, cpu_bf16=True)
