@@ -78,7 +78,7 @@ def minimal_round() -> float:
 
 
 arms = {"minimal": minimal_round, "slimlab": lambda: slimlab_round(config.train)}
-if config.train.device != "cuda" and cpu_has_native_bf16():
+if data.device.type == "cpu" and cpu_has_native_bf16():  # on CUDA, train.amp already covers bf16
     arms["slimlab_bf16"] = lambda: slimlab_round(config.train.model_copy(update={"cpu_bf16": True}))
 results = {name: [] for name in arms}
 for r in range(args.rounds):
