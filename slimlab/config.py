@@ -13,7 +13,7 @@ from slimlab.errors import ConfigError
 
 # Bump whenever a field is added, removed or changes meaning: the run id changes with it, so old results
 # are never silently reused under a new meaning (a golden-hash test pins the current value).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class Strict(BaseModel):
@@ -29,6 +29,8 @@ class DataConfig(Strict):
     train_subset: int | None = Field(None, gt=0, description="use only the first N training images (quick runs)")
     test_subset: int | None = Field(None, gt=0, description="evaluate on the first N test images (quick runs)")
     crop_padding: int = Field(4, ge=0)
+    crop_padding_mode: Literal["zeros", "reflect"] = Field("zeros", description="what fills the border a random crop "
+                                                           "reaches into: black, or the image mirrored")
     flip: bool = True
     alternate_flips: bool = Field(False, description="flip each image in every other epoch (random phase per image) instead of "
                                   "a fresh coin toss each epoch: every epoch then sees the mirror of the last (Jordan 2024)")
@@ -73,6 +75,9 @@ class TrainConfig(Strict):
                                         "closing the gap between padded crops and test images (He et al. 2019)")
     ema_decay: float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the weights "
                                     "(per step) and finish with it; dense training only")
+    lookahead_steps: int | None = Field(None, ge=2, description="Lookahead (Zhang et al. 2019): every k steps pull a slow "
+                                        "copy of the weights toward the SGD weights and restart SGD from it")
+    lookahead_alpha: float = Field(0.5, gt=0, le=1, description="Lookahead: the fraction of the way the slow weights move")
     schedule: Literal["onecycle", "cosine", "step", "constant"] = "onecycle"
     warmup_epochs: float = Field(1.0, ge=0)
     final_lr_fraction: float = Field(0.0, ge=0, le=1)

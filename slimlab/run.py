@@ -50,7 +50,7 @@ class Prepared:
     def loader(self, split: ImageSplit, batch_size: int, config: ExperimentConfig, training: bool = False) -> DeviceLoader:
         return DeviceLoader(split, batch_size, self.dataset.mean, self.dataset.std, device=self.device, shuffle=training,
                             augment=training, crop_padding=config.data.crop_padding, flip=config.data.flip,
-                            alternate_flips=config.data.alternate_flips, seed=config.seed,
+                            alternate_flips=config.data.alternate_flips, seed=config.seed, padding_mode=config.data.crop_padding_mode,
                             drop_last=training, channels_last=config.train.channels_last and split.images.shape[1] > 1)
 
 

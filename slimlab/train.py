@@ -73,6 +73,30 @@ class WeightAverage:
         return {"average": self.average, "updates": self.updates}
 
 
+class Lookahead:
+    """Lookahead (Zhang et al. 2019) over the parameters: every `steps` optimizer steps the slow weights move
+    `alpha` of the way to the fast (SGD) weights, and SGD restarts from them. Batch-norm statistics stay live."""
+
+    def __init__(self, model: nn.Module, steps: int, alpha: float, state: dict | None = None):
+        self.steps, self.alpha = steps, alpha
+        self._fast = [p for p in model.parameters()]
+        self.slow = [s.detach().clone() for s in state["slow"]] if state else [p.detach().clone() for p in self._fast]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """Call after optimizer step number `step` (0-based, counted over the whole run so resuming keeps the phase)."""
+        if (step + 1) % self.steps == 0:
+            self.sync()
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        torch._foreach_lerp_(self.slow, self._fast, self.alpha)
+        torch._foreach_copy_(self._fast, self.slow)
+
+    def state_dict(self) -> dict:
+        return {"slow": self.slow}
+
+
 def lr_multiplier(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
     """Learning-rate factor at optimizer step `step` (0-based): linear warm-up, then the chosen decay."""
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -168,6 +192,9 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     base_lrs = [g["lr"] for g in optimizer.param_groups] if resume is None else [cfg.lr] * len(optimizer.param_groups)
     precision = training_precision(device, cfg)
+    lookahead = None
+    if cfg.lookahead_steps is not None:
+        lookahead = Lookahead(model, cfg.lookahead_steps, cfg.lookahead_alpha, resume.extra.get("lookahead") if resume is not None else None)
     average = None
     if cfg.ema_decay is not None:
         average = WeightAverage(model, cfg.ema_decay, resume.extra.get("ema") if resume is not None else None)
@@ -194,6 +221,8 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if lookahead is not None:
+                lookahead.update(epoch * steps_per_epoch + b)
             for cb in callbacks:
                 getattr(cb, "on_step_end", lambda *a: None)(model)
             if average is not None:
@@ -222,7 +251,11 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f}, train {record['train_top1']:.2f}%{val_text}, {record['seconds']:.0f}s")
         if save_checkpoint is not None:
             extra = {"ema": average.state_dict()} if average is not None else {}
+            if lookahead is not None:
+                extra["lookahead"] = lookahead.state_dict()
             save_checkpoint(TrainState(model.state_dict(), optimizer.state_dict(), epoch + 1, history, extra))
+    if lookahead is not None and total_steps % cfg.lookahead_steps:  # finish on slow weights, as at every sync
+        lookahead.sync()
     if average is not None:  # finish with the averaged weights; the last checkpoint keeps the raw ones beside them
         model.load_state_dict(average.average)
         if history and val_loader is not None and len(val_loader.labels):

@@ -166,6 +166,23 @@ def test_augmentation_is_a_crop_of_the_padded_image():
     assert all(s or torch.equal(flipped[i], images[i].flip(2)) for i, s in enumerate(same)) and 10 < sum(same) < 54
 
 
+def test_reflect_padding_crops_the_mirrored_image_with_the_same_draws():
+    images = torch.randint(0, 255, (32, 3, 8, 8), dtype=torch.uint8)
+    mirrored = torch.nn.functional.pad(images.float(), (3,) * 4, mode="reflect").to(torch.uint8)
+    out = random_crop_flip(images, padding=3, flip=False, generator=torch.Generator().manual_seed(5), padding_mode="reflect")
+    zeros = random_crop_flip(images, padding=3, flip=False, generator=torch.Generator().manual_seed(5))
+    offsets = torch.Generator().manual_seed(5)
+    dy, dx = torch.randint(0, 7, (32,), generator=offsets), torch.randint(0, 7, (32,), generator=offsets)
+    for i in range(32):  # the same offsets as zero padding: only the border differs
+        assert torch.equal(out[i], mirrored[i, :, dy[i]:dy[i] + 8, dx[i]:dx[i] + 8])
+        rows, cols = dy[i] + torch.arange(8) - 3, dx[i] + torch.arange(8) - 3
+        inside = ((rows >= 0) & (rows < 8))[:, None] & ((cols >= 0) & (cols < 8))[None, :]
+        assert torch.equal(out[i][:, inside], zeros[i][:, inside])
+    assert (out == 0).float().mean() < 0.05 < (zeros == 0).float().mean()  # no black border
+    with pytest.raises(ValueError, match="smaller than the image"):
+        DeviceLoader(ImageSplit(images, torch.arange(32)), 8, (0.0,) * 3, (1.0,) * 3, crop_padding=8, padding_mode="reflect")
+
+
 def test_alternating_flips_mirror_each_image_in_every_other_epoch():
     images = torch.randint(0, 255, (40, 3, 8, 8), dtype=torch.uint8)
     split = ImageSplit(images, torch.arange(40))

@@ -1,5 +1,5 @@
-"""The training loop's options: the weight average (its arithmetic, resuming it after a kill), the recipe's data
-options end to end, retraining configs, and bf16 on CPU."""
+"""The training loop's options: the weight average and Lookahead (their arithmetic, resuming them after a kill),
+the recipe's data options end to end, retraining configs, and bf16 on CPU."""
 import copy
 import json
 
@@ -11,7 +11,7 @@ from slimlab.config import TrainConfig
 from slimlab.data import ImageSplit
 from slimlab.data.loader import DeviceLoader
 from slimlab.models import create_model
-from slimlab.train import TrainState, WeightAverage, train
+from slimlab.train import Lookahead, TrainState, WeightAverage, train
 
 
 def test_weight_average_follows_its_decay_and_copies_counters():
@@ -27,21 +27,36 @@ def test_weight_average_follows_its_decay_and_copies_counters():
     assert torch.equal(model[0].weight, start + 1)  # the live weights are left alone
 
 
+def test_lookahead_moves_the_slow_weights_part_way_every_k_steps():
+    model = nn.Linear(2, 1, bias=False)
+    start = model.weight.detach().clone()
+    lookahead = Lookahead(model, steps=2, alpha=0.5)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    lookahead.update(0)  # step 1 of 2: nothing happens
+    assert torch.equal(model.weight, start + 1)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    lookahead.update(1)  # step 2: slow moves half way to start + 2, and SGD restarts from it
+    assert torch.allclose(model.weight, start + 1) and torch.allclose(lookahead.slow[0], start + 1)
+
+
 def _loader():
     generator = torch.Generator().manual_seed(0)
     split = ImageSplit(torch.randint(0, 255, (64, 3, 16, 16), dtype=torch.uint8, generator=generator), torch.arange(64) % 10)
     return DeviceLoader(split, 16, (0.5,) * 3, (0.25,) * 3, shuffle=True, augment=True, alternate_flips=True, drop_last=True)
 
 
-def test_weight_average_finishes_training_and_resumes_exactly():
-    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, warmup_epochs=0, ema_decay=0.9)
+@pytest.mark.parametrize("lookahead_steps", [None, 5])  # 5 does not divide the 4 steps per epoch: the phase must survive
+def test_weight_average_finishes_training_and_resumes_exactly(lookahead_steps):
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, warmup_epochs=0, ema_decay=0.9, lookahead_steps=lookahead_steps)
     torch.manual_seed(0)
     straight = create_model("resnet20", num_classes=10)
     initial = {k: v.clone() for k, v in straight.state_dict().items()}
     states = []
     train(straight, _loader(), cfg, save_checkpoint=lambda state: states.append(copy.deepcopy(state)), progress=False)
     raw_final = states[-1].model
-    assert "ema" in states[-1].extra
+    assert "ema" in states[-1].extra and ("lookahead" in states[-1].extra) == (lookahead_steps is not None)
     assert not torch.equal(straight.state_dict()["fc.weight"], raw_final["fc.weight"])  # finished on the average
     assert torch.equal(straight.state_dict()["fc.weight"], states[-1].extra["ema"]["average"]["fc.weight"])
 
@@ -58,7 +73,8 @@ def test_a_run_with_the_recipe_options_reports_the_average(tmp_path):
     from conftest import tiny_config
     from slimlab.config import build_config
 
-    config = build_config(tiny_config(**{"train.ema_decay": 0.9, "train.uncropped_final_epochs": 1, "data.alternate_flips": True}))
+    config = build_config(tiny_config(**{"train.ema_decay": 0.9, "train.uncropped_final_epochs": 1, "data.alternate_flips": True,
+                                         "data.crop_padding_mode": "reflect", "train.lookahead_steps": 2}))
     record = slimlab.run(config, store=tmp_path / "store", progress=False)
     assert record.status == "done", record.error
     last = json.loads((tmp_path / "store" / "runs" / record.id / "history.json").read_text())[-1]
@@ -75,6 +91,9 @@ def test_retraining_after_pruning_never_averages_and_ends_uncropped_like_its_par
     assert finetune.ema_decay is None and finetune.uncropped_final_epochs == 1 and finetune.epochs == 1
     rewind = retrain_config(parent, "weight_rewind", finetune_epochs=1, finetune_lr=0.01)
     assert rewind.ema_decay is None and rewind.uncropped_final_epochs == 2 and rewind.epochs == 20
+    with_lookahead = TrainConfig(epochs=20, lookahead_steps=5)
+    for after_round in ("finetune", "weight_rewind"):
+        assert retrain_config(with_lookahead, after_round, finetune_epochs=1, finetune_lr=0.01).lookahead_steps is None
 
 
 def test_cpu_bf16_trains_in_bf16_where_the_cpu_has_it_and_says_what_it_used(monkeypatch):

@@ -16,19 +16,29 @@ def split_validation(train: ImageSplit, val_size: int, seed: int) -> tuple[Image
     return train.subset(perm[val_size:].sort().values), train.subset(perm[:val_size].sort().values)
 
 
-def random_crop_flip(images: torch.Tensor, padding: int, flip: bool | torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Zero-padded random crop and horizontal flip of a whole uint8 batch with one gather, no per-image Python.
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Mirror out-of-range coordinates back inside [0, size) without repeating the edge pixel, as 'reflect' padding does."""
+    return (size - 1) - ((size - 1) - index.abs()).abs()
+
+
+def random_crop_flip(images: torch.Tensor, padding: int, flip: bool | torch.Tensor, generator: torch.Generator,
+                     padding_mode: str = "zeros") -> torch.Tensor:
+    """Padded random crop and horizontal flip of a whole uint8 batch with one gather, no per-image Python.
+    `padding_mode` 'zeros' fills the border with black, 'reflect' mirrors the image into it.
     `flip` True tosses a coin per image; a bool tensor flips exactly the images it marks."""
     n, c, h, w = images.shape
     device = images.device
     out = images
     if padding > 0:
-        padded = torch.nn.functional.pad(images, (padding,) * 4)
         dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
         dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
         rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
         cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
-        out = padded[torch.arange(n, device=device)[:, None, None, None], torch.arange(c, device=device)[None, :, None, None], rows, cols]
+        if padding_mode == "reflect":
+            source, rows, cols = images, _reflect(rows - padding, h), _reflect(cols - padding, w)
+        else:
+            source = torch.nn.functional.pad(images, (padding,) * 4)
+        out = source[torch.arange(n, device=device)[:, None, None, None], torch.arange(c, device=device)[None, :, None, None], rows, cols]
     if isinstance(flip, torch.Tensor):
         out = torch.where(flip.to(device)[:, None, None, None], out.flip(3), out)
     elif flip:
@@ -42,13 +52,16 @@ class DeviceLoader:
 
     def __init__(self, split: ImageSplit, batch_size: int, mean, std, *, device="cpu", shuffle=False,
                  augment=False, crop_padding=4, flip=True, alternate_flips=False, seed=0, drop_last=False,
-                 channels_last=False):
+                 channels_last=False, padding_mode="zeros"):
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.shuffle, self.augment, self.crop_padding, self.flip = shuffle, augment, crop_padding, flip
         self.seed, self.drop_last, self.channels_last = seed, drop_last, channels_last
+        if crop_padding >= min(split.images.shape[-2:]) and padding_mode == "reflect":
+            raise ValueError(f"data.crop_padding={crop_padding} must be smaller than the image for reflect padding")
+        self.padding_mode = padding_mode
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255)
         self.epoch, self.crop_this_epoch = 0, True
@@ -79,5 +92,5 @@ class DeviceLoader:
             images, labels = self.images[sel], self.labels[sel]
             if self.augment:
                 flip = self.flip if self.flip_phase is None else self.flip_phase[sel] ^ bool(self.epoch % 2)
-                images = random_crop_flip(images, self.crop_padding if self.crop_this_epoch else 0, flip, generator)
+                images = random_crop_flip(images, self.crop_padding if self.crop_this_epoch else 0, flip, generator, self.padding_mode)
             yield self.normalize(images), labels

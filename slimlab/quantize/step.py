@@ -117,7 +117,7 @@ def _quantization_aware_training(model: nn.Module, cfg: QuantizeStepConfig, cont
     # Fine-tuning, not training: a small peak rate decaying to zero, no warm-up; fake quantization runs in fp32.
     train_cfg = TrainConfig.model_validate({**base.model_dump(), "epochs": cfg.qat_epochs, "lr": cfg.qat_lr, "warmup_epochs": 0.0,
                                             "schedule": "cosine", "final_lr_fraction": 0.0, "amp": False, "cpu_bf16": False,
-                                            "ema_decay": None,  # no averaging of fake-quant observers
+                                            "ema_decay": None, "lookahead_steps": None,  # no averaging of fake-quant observers
                                             # QAT ends training, so it ends on uncropped images as the float model did
                                             "uncropped_final_epochs": min(base.uncropped_final_epochs, cfg.qat_epochs)})
     val = context.calibration_loader(context.config.measure.eval_batch_size) if len(context.data.val) else None
