@@ -75,12 +75,14 @@ class WeightAverage:
 
 class Lookahead:
     """Lookahead (Zhang et al. 2019) over the parameters: every `steps` optimizer steps the slow weights move
-    `alpha` of the way to the fast (SGD) weights, and SGD restarts from them. Batch-norm statistics stay live."""
+    `alpha` of the way to the fast (SGD) weights, and SGD restarts from them. Batch-norm statistics stay live, and so
+    do SGD's momentum buffers across each sync."""
 
     def __init__(self, model: nn.Module, steps: int, alpha: float, state: dict | None = None):
         self.steps, self.alpha = steps, alpha
         self._fast = [p for p in model.parameters()]
-        self.slow = [s.detach().clone() for s in state["slow"]] if state else [p.detach().clone() for p in self._fast]
+        source = state["slow"] if state else self._fast
+        self.slow = [s.detach().clone().to(p.device) for s, p in zip(source, self._fast)]
 
     @torch.no_grad()
     def update(self, step: int) -> None:

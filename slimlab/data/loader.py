@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from slimlab.data import ImageSplit
+from slimlab.errors import ConfigError
 
 
 def split_validation(train: ImageSplit, val_size: int, seed: int) -> tuple[ImageSplit, ImageSplit]:
@@ -60,7 +61,8 @@ class DeviceLoader:
         self.shuffle, self.augment, self.crop_padding, self.flip = shuffle, augment, crop_padding, flip
         self.seed, self.drop_last, self.channels_last = seed, drop_last, channels_last
         if crop_padding >= min(split.images.shape[-2:]) and padding_mode == "reflect":
-            raise ValueError(f"data.crop_padding={crop_padding} must be smaller than the image for reflect padding")
+            raise ConfigError(f"data.crop_padding={crop_padding} must be smaller than the images ({split.images.shape[-1]} px) "
+                              "for reflect padding")
         self.padding_mode = padding_mode
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255)

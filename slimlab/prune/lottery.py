@@ -66,8 +66,7 @@ def random_masks_like(masks: Masks, seed: int) -> Masks:
 def retrain_config(train_cfg: TrainConfig, after_round: AfterRound, finetune_epochs: int, finetune_lr: float) -> TrainConfig:
     """Training after a pruning round: the original schedule for both rewindings (Renda et al. 2020), a small constant lr to fine-tune.
     No weight averaging and no Lookahead: an average, or Lookahead's slow weights, would bring back weights that a mask
-    removed during the round. A fine-tune is the
-    end of training, so it ends on uncropped images as the parent did."""
+    removed during the round. A fine-tune is the end of training, so it ends on uncropped images as the parent did."""
     if after_round == "finetune":
         return train_cfg.model_copy(update={"epochs": finetune_epochs, "lr": finetune_lr, "schedule": "constant", "warmup_epochs": 0.0,
                                             "ema_decay": None, "lookahead_steps": None,
