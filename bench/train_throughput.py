@@ -5,7 +5,9 @@
 Both train the same model on the same CIFAR-10 (JPEG copy) images with the same batch size, optimizer and
 memory format; the minimal loop does no augmentation at all, so it is the strictest baseline. Rounds alternate
 (A B A B ...) so that drift on a noisy machine hits both; the best round of each is compared. Where the CPU has
-native bf16, a third arm times slimlab's loop with `train.cpu_bf16` against the same fp32 baseline.
+native bf16, a third arm times slimlab's loop with `train.cpu_bf16` against the same fp32 baseline. A last arm
+runs the extras of examples/resnet20_cifar10.yaml (reflect padding, alternating flips, Lookahead, weight average),
+to show what they cost.
 """
 import argparse
 import sys
@@ -40,9 +42,9 @@ def fresh_model():
     return slimlab.create_model(args.model).to(memory_format=torch.channels_last)
 
 
-def slimlab_round(train_config) -> float:
+def slimlab_round(train_config, loader_config=config) -> float:
     model = fresh_model()
-    loader = data.loader(subset, args.batch_size, config, training=True)
+    loader = data.loader(subset, args.batch_size, loader_config, training=True)
 
     class Clock:  # starts timing after 2 warm-up steps
         steps = 0
@@ -80,6 +82,11 @@ def minimal_round() -> float:
 arms = {"minimal": minimal_round, "slimlab": lambda: slimlab_round(config.train)}
 if data.device.type == "cpu" and cpu_has_native_bf16():  # on CUDA, train.amp already covers bf16
     arms["slimlab_bf16"] = lambda: slimlab_round(config.train.model_copy(update={"cpu_bf16": True}))
+recipe = slimlab.load_config(Path(__file__).resolve().parents[1] / "examples/resnet20_cifar10.yaml")
+extras = config.model_copy(update={
+    "data": config.data.model_copy(update={k: getattr(recipe.data, k) for k in ("crop_padding_mode", "alternate_flips")}),
+    "train": config.train.model_copy(update={k: getattr(recipe.train, k) for k in ("lookahead_steps", "lookahead_alpha", "ema_decay")})})
+arms["slimlab_recipe_extras"] = lambda: slimlab_round(extras.train, extras)
 results = {name: [] for name in arms}
 for r in range(args.rounds):
     for name, arm in arms.items():
@@ -95,3 +102,5 @@ if "slimlab_bf16" in best:
           f"{best['slimlab_bf16'] / best['minimal']:.3f}")
 else:
     print("slimlab loop, cpu_bf16: not timed (this CPU has no native bf16)")
+print(f"slimlab loop with the recipe's extras: {best['slimlab_recipe_extras']:.1f} img/s; ratio to the plain slimlab loop: "
+      f"{best['slimlab_recipe_extras'] / best['slimlab']:.3f}")
