@@ -48,7 +48,7 @@ def _loader():
 
 
 @pytest.mark.parametrize("lookahead_steps", [None, 5])  # 5 does not divide the 4 steps per epoch: the phase must survive
-def test_weight_average_finishes_training_and_resumes_exactly(lookahead_steps):
+def test_weight_average_and_lookahead_finish_training_and_resume_exactly(lookahead_steps):
     cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, warmup_epochs=0, ema_decay=0.9, lookahead_steps=lookahead_steps)
     torch.manual_seed(0)
     straight = create_model("resnet20", num_classes=10)
