@@ -4,8 +4,8 @@ processes (meant for a GPU), and print each variant's test top-1 per seed and it
     python bench/recipe_search.py [--seeds 3] [--parallel 6] [--only 0,1] [--set train.device=cuda ...]
 
 Each job trains and evaluates in its own process and prints one JSON line; no store, no latency timing. The
-variants are changes to the recipe file, which is itself variant 0. On one GPU, six jobs at once ran about 3 times
-the throughput of one job.
+variants are changes to the recipe file, which is itself variant 0. On an H200, six fp32 jobs at once took 171 s
+each, and twelve at once 367 s each.
 """
 import argparse
 import json
