@@ -5,7 +5,7 @@ processes (meant for a GPU), and print each variant's test top-1 per seed and it
 
 Each job trains and evaluates in its own process and prints one JSON line; no store, no latency timing. The
 variants are changes to the recipe file, which is itself variant 0. On an H200, six fp32 jobs at once took 171 s
-each, and twelve at once 367 s each.
+each, and fourteen at once 367 s each.
 """
 import argparse
 import json

@@ -80,7 +80,7 @@ class Lookahead:
 
     def __init__(self, model: nn.Module, steps: int, alpha: float, state: dict | None = None):
         self.steps, self.alpha = steps, alpha
-        self._fast = [p for p in model.parameters()]
+        self._fast = list(model.parameters())
         source = state["slow"] if state else self._fast
         self.slow = [s.detach().clone().to(p.device) for s, p in zip(source, self._fast)]
 

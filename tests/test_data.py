@@ -16,7 +16,7 @@ from slimlab.data.cifar import load_pickle_batch
 from slimlab.data.files import sha256_of
 from slimlab.data.idx import read_idx
 from slimlab.data.loader import DeviceLoader, random_crop_flip, split_validation
-from slimlab.errors import DataNotFoundError
+from slimlab.errors import ConfigError, DataNotFoundError
 
 
 def request(tmp_path, roots=(), **kw):
@@ -179,7 +179,7 @@ def test_reflect_padding_crops_the_mirrored_image_with_the_same_draws():
         inside = ((rows >= 0) & (rows < 8))[:, None] & ((cols >= 0) & (cols < 8))[None, :]
         assert torch.equal(out[i][:, inside], zeros[i][:, inside])
     assert (out == 0).float().mean() < 0.05 < (zeros == 0).float().mean()  # no black border
-    with pytest.raises(ValueError, match="smaller than the image"):
+    with pytest.raises(ConfigError, match="smaller than the images"):
         DeviceLoader(ImageSplit(images, torch.arange(32)), 8, (0.0,) * 3, (1.0,) * 3, crop_padding=8, padding_mode="reflect")
 
 
