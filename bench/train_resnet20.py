@@ -24,6 +24,7 @@ record = slimlab.run(config, store=args.store)
 m = record.metrics
 print(json.dumps({"id": record.id, "status": record.status, "error": record.error, "dataset": "CIFAR-10 (JPEG copy)",
                   "model": config.model.name, "epochs": m.get("train_epochs"), "top1": m.get("top1"), "top5": m.get("top5"),
+                  "top1_flip_tta": m.get("top1_flip_tta"),
                   "train_seconds": m.get("train_seconds"), "train_minutes": round(m.get("train_seconds", 0) / 60, 1),
                   "threads": record.env.get("torch_threads"), "cpu": record.env.get("cpu"),
                   "weights": record.notes.get("trained_weights")}, indent=1))
