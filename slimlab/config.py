@@ -13,7 +13,7 @@ from slimlab.errors import ConfigError
 
 # Bump whenever a field is added, removed or changes meaning: the run id changes with it, so old results
 # are never silently reused under a new meaning (a golden-hash test pins the current value).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class Strict(BaseModel):
@@ -78,6 +78,9 @@ class TrainConfig(Strict):
     lookahead_steps: int | None = Field(None, ge=2, description="Lookahead (Zhang et al. 2019): every k steps pull a slow "
                                         "copy of the weights toward the SGD weights and restart SGD from it")
     lookahead_alpha: float = Field(0.5, gt=0, le=1, description="Lookahead: the fraction of the way the slow weights move")
+    distill_weight: float = Field(0.0, ge=0, le=1, description="self-distillation: this share of the loss is the KL "
+                                  "divergence to the weight average's predictions (needs ema_decay)")
+    distill_mirrored: bool = Field(False, description="self-distillation: the weight average sees each image mirrored")
     schedule: Literal["onecycle", "cosine", "step", "constant"] = "onecycle"
     warmup_epochs: float = Field(1.0, ge=0)
     final_lr_fraction: float = Field(0.0, ge=0, le=1)
@@ -102,6 +105,8 @@ class TrainConfig(Strict):
     def _schedule_fits_epochs(self):
         if self.epochs and self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
+        if self.distill_weight > 0 and self.ema_decay is None:
+            raise ValueError("distill_weight needs ema_decay: the weight average is the teacher")
         if self.uncropped_final_epochs > self.epochs:
             raise ValueError(f"uncropped_final_epochs ({self.uncropped_final_epochs}) exceeds epochs ({self.epochs})")
         return self

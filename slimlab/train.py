@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -12,6 +13,10 @@ from torch import nn
 
 from slimlab.config import TrainConfig
 from slimlab.data.loader import DeviceLoader
+
+# Options that keep a second copy of the weights (average, slow weights, teacher): switched off wherever training
+# continues from trained weights (retraining after pruning, QAT), so nothing brings back weights a mask removed.
+FRESH_TRAINING_ONLY = {"ema_decay": None, "lookahead_steps": None, "distill_weight": 0.0}
 
 
 class TrainingDiverged(RuntimeError):
@@ -200,6 +205,11 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
     average = None
     if cfg.ema_decay is not None:
         average = WeightAverage(model, cfg.ema_decay, resume.extra.get("ema") if resume is not None else None)
+    teacher = None
+    if cfg.distill_weight > 0:  # the weight average, in eval mode, gives soft targets (self-distillation)
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        teacher_tensors = list(teacher.state_dict().values())
+        average_tensors = [average.average[k] for k in teacher.state_dict()]
 
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -220,6 +230,12 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
             with autocast_for(device, precision):
                 logits = model(x)
                 loss = criterion(logits, y)
+                if teacher is not None:
+                    torch._foreach_copy_(teacher_tensors, average_tensors)
+                    with torch.no_grad():
+                        targets = teacher(x.flip(3) if cfg.distill_mirrored else x).float().softmax(1)
+                    kl = nn.functional.kl_div(logits.float().log_softmax(1), targets, reduction="batchmean")
+                    loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -5,7 +5,7 @@ from slimlab.config import ExperimentConfig, build_config, config_hash, load_con
 from slimlab.errors import ConfigError
 
 # Pinned: if this changes, old stores would be silently re-keyed. Change it only with a SCHEMA_VERSION bump.
-GOLDEN_DEFAULT_HASH = "1e6bd00f4068ad05"
+GOLDEN_DEFAULT_HASH = "d7120c09939d4a10"
 
 
 def test_golden_hash_of_default_config():
@@ -22,6 +22,8 @@ def test_hash_covers_defaults_and_every_field():
 def test_schedule_limits_are_checked_against_epochs():
     with pytest.raises(ConfigError, match=r"uncropped_final_epochs \(30\) exceeds epochs \(20\)"):
         build_config({"train": {"uncropped_final_epochs": 30}})
+    with pytest.raises(ConfigError, match="distill_weight needs ema_decay"):
+        build_config({"train": {"distill_weight": 0.5}})
 
 
 def test_unknown_key_names_key_and_file(tmp_path):

@@ -1,5 +1,5 @@
-"""The training loop's options: the weight average and Lookahead (their arithmetic, resuming them after a kill),
-the recipe's data options end to end, retraining configs, and bf16 on CPU."""
+"""The training loop's options: the weight average, Lookahead and self-distillation (their arithmetic, resuming them
+after a kill), the recipe's data options end to end, retraining configs, and bf16 on CPU."""
 import copy
 import json
 
@@ -47,9 +47,13 @@ def _loader():
     return DeviceLoader(split, 16, (0.5,) * 3, (0.25,) * 3, shuffle=True, augment=True, alternate_flips=True, drop_last=True)
 
 
-@pytest.mark.parametrize("lookahead_steps", [None, 5])  # 5 does not divide the 4 steps per epoch: the phase must survive
-def test_weight_average_and_lookahead_finish_training_and_resume_exactly(lookahead_steps):
-    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, warmup_epochs=0, ema_decay=0.9, lookahead_steps=lookahead_steps)
+@pytest.mark.parametrize("lookahead_steps, extra", [
+    (None, {}),
+    (5, {}),  # 5 does not divide the 4 steps per epoch: the phase must survive
+    (5, {"distill_weight": 0.5, "distill_mirrored": True}),
+])
+def test_weight_average_and_lookahead_finish_training_and_resume_exactly(lookahead_steps, extra):
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, warmup_epochs=0, ema_decay=0.9, lookahead_steps=lookahead_steps, **extra)
     torch.manual_seed(0)
     straight = create_model("resnet20", num_classes=10)
     initial = {k: v.clone() for k, v in straight.state_dict().items()}
@@ -66,6 +70,20 @@ def test_weight_average_and_lookahead_finish_training_and_resume_exactly(lookahe
     train(resumed, _loader(), cfg, resume=after_one, progress=False)
     for key, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_full_self_distillation_ignores_the_labels():
+    """distill_weight is the teacher's share of the loss: at 1 the labels no longer matter, below 1 they do."""
+    def final_weights(weight: float, labels_offset: int) -> torch.Tensor:
+        loader = _loader()
+        loader.labels = (loader.labels + labels_offset) % 10
+        torch.manual_seed(0)
+        model = create_model("resnet20", num_classes=10)
+        train(model, loader, TrainConfig(epochs=1, batch_size=16, lr=0.05, warmup_epochs=0, ema_decay=0.9, distill_weight=weight), progress=False)
+        return model.fc.weight.detach()
+
+    assert torch.equal(final_weights(1.0, 0), final_weights(1.0, 3))
+    assert not torch.equal(final_weights(0.5, 0), final_weights(0.5, 3))
 
 
 def test_a_run_with_the_recipe_options_reports_the_average(tmp_path):
@@ -91,9 +109,10 @@ def test_retraining_after_pruning_never_averages_and_ends_uncropped_like_its_par
     assert finetune.ema_decay is None and finetune.uncropped_final_epochs == 1 and finetune.epochs == 1
     rewind = retrain_config(parent, "weight_rewind", finetune_epochs=1, finetune_lr=0.01)
     assert rewind.ema_decay is None and rewind.uncropped_final_epochs == 2 and rewind.epochs == 20
-    with_lookahead = TrainConfig(epochs=20, lookahead_steps=5)
+    with_copies = TrainConfig(epochs=20, lookahead_steps=5, ema_decay=0.998, distill_weight=0.5)
     for after_round in ("finetune", "weight_rewind"):
-        assert retrain_config(with_lookahead, after_round, finetune_epochs=1, finetune_lr=0.01).lookahead_steps is None
+        retrain = retrain_config(with_copies, after_round, finetune_epochs=1, finetune_lr=0.01)
+        assert retrain.lookahead_steps is None and retrain.distill_weight == 0 
 
 
 def test_cpu_bf16_trains_in_bf16_where_the_cpu_has_it_and_says_what_it_used(monkeypatch):
