@@ -130,6 +130,8 @@ def run(config: ExperimentConfig, store: Store | str | Path = DEFAULT_STORE, pro
 
 
 def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool):
+    # Import the step modules now: a run of hours must not import, after training, code that changed on disk meanwhile.
+    kinds = step_kinds()
     data = prepare_data(config, progress)
     device = data.device
     torch.manual_seed(config.seed)
@@ -152,7 +154,6 @@ def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool
     if config.steps:  # the float reference the compression steps are judged against
         context.metrics.update(_accuracy(model, context, "float_"))
     float_counts = {**measure.count_parameters(model), **measure.count_macs(copy.deepcopy(model), context.example(1))} if config.steps else {}
-    kinds = step_kinds()
     for index, step in enumerate(config.steps):
         context.step_index = index
         cfg = kinds[step["kind"]].config_type.model_validate({k: v for k, v in step.items() if k != "kind"})
