@@ -107,6 +107,8 @@ class TrainConfig(Strict):
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
         if self.distill_weight > 0 and self.ema_decay is None:
             raise ValueError("distill_weight needs ema_decay: the weight average is the teacher")
+        if self.distill_mirrored and self.distill_weight == 0:
+            raise ValueError("distill_mirrored needs distill_weight above 0: without a teacher there is nothing to mirror")
         if self.uncropped_final_epochs > self.epochs:
             raise ValueError(f"uncropped_final_epochs ({self.uncropped_final_epochs}) exceeds epochs ({self.epochs})")
         return self

@@ -24,6 +24,8 @@ def test_schedule_limits_are_checked_against_epochs():
         build_config({"train": {"uncropped_final_epochs": 30}})
     with pytest.raises(ConfigError, match="distill_weight needs ema_decay"):
         build_config({"train": {"distill_weight": 0.5}})
+    with pytest.raises(ConfigError, match="distill_mirrored needs distill_weight"):
+        build_config({"train": {"distill_mirrored": True}})
 
 
 def test_unknown_key_names_key_and_file(tmp_path):
