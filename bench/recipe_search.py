@@ -6,7 +6,7 @@ processes (meant for a GPU), and print each variant's test top-1 per seed and it
 Each job trains and evaluates in its own process and prints one JSON line; no store, no latency timing. The
 variants are changes to the recipe file, which is itself variant 0. On an H200, six fp32 jobs at once took 171 s
 each, fourteen at once 367 s each, and fifteen at once 468 s each; self-distillation jobs, with their extra forward
-pass, had not finished after 560 s among fifteen, nor after 170 s among four.
+pass, had not finished after 560 s among fifteen, nor after 185 s among four.
 """
 import argparse
 import json

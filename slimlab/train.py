@@ -16,7 +16,7 @@ from slimlab.data.loader import DeviceLoader
 
 # Options that keep a second copy of the weights (average, slow weights, teacher): switched off wherever training
 # continues from trained weights (retraining after pruning, QAT), so nothing brings back weights a mask removed.
-FRESH_TRAINING_ONLY = {"ema_decay": None, "lookahead_steps": None, "distill_weight": 0.0}
+FRESH_TRAINING_ONLY = {"ema_decay": None, "lookahead_steps": None, "distill_weight": 0.0, "distill_mirrored": False}
 
 
 class TrainingDiverged(RuntimeError):
