@@ -13,7 +13,7 @@ from slimlab.errors import ConfigError
 
 # Bump whenever a field is added, removed or changes meaning: the run id changes with it, so old results
 # are never silently reused under a new meaning (a golden-hash test pins the current value).
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class Strict(BaseModel):
@@ -81,6 +81,10 @@ class TrainConfig(Strict):
     distill_weight: float = Field(0.0, ge=0, le=1, description="self-distillation: this share of the loss is the KL "
                                   "divergence to the weight average's predictions (needs ema_decay)")
     distill_mirrored: bool = Field(False, description="self-distillation: the weight average sees each image mirrored")
+    branches: Literal["none", "pointwise", "asymmetric", "both"] = Field(
+        "none", description="training-time extra conv-bn branches beside each kxk conv-bn (1x1: pointwise, RepVGG; "
+        "1xk and kx1: asymmetric, ACNet), folded into the kxk kernel after training, so the saved model keeps its "
+        "architecture; dense training only")
     schedule: Literal["onecycle", "cosine", "step", "constant"] = "onecycle"
     warmup_epochs: float = Field(1.0, ge=0)
     final_lr_fraction: float = Field(0.0, ge=0, le=1)
@@ -147,6 +151,14 @@ class ExperimentConfig(Strict):
         from slimlab.steps import validate_step
 
         return [validate_step(i, s) for i, s in enumerate(v)]
+
+    @model_validator(mode="after")
+    def _branches_fold_before_rewinding(self):
+        rewinding = [i for i, step in enumerate(self.steps) if step.get("rewind_epoch")]
+        if self.train.branches != "none" and rewinding:
+            raise ValueError(f"steps[{rewinding[0]}].rewind_epoch: train.branches folds the model only after training, so "
+                             "there are no plain weights to rewind to mid-training; use branches: none for this study")
+        return self
 
 
 def canonical_json(config: ExperimentConfig) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -11,12 +12,15 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
+from slimlab.branches import add_branches, fold_branches
 from slimlab.config import TrainConfig
 from slimlab.data.loader import DeviceLoader
 
 # Options that keep a second copy of the weights (average, slow weights, teacher): switched off wherever training
 # continues from trained weights (retraining after pruning, QAT), so nothing brings back weights a mask removed.
-FRESH_TRAINING_ONLY = {"ema_decay": None, "lookahead_steps": None, "distill_weight": 0.0, "distill_mirrored": False}
+# Extra branches are folded away after the first training, and masks or fake quantization act on the folded kernels.
+FRESH_TRAINING_ONLY = {"ema_decay": None, "lookahead_steps": None, "distill_weight": 0.0, "distill_mirrored": False,
+                       "branches": "none"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -187,6 +191,8 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
     from tqdm import tqdm
 
     device = train_loader.device
+    if cfg.branches != "none":  # before the optimizer, averages and any resumed state: they all see the branches
+        add_branches(model, cfg.branches)
     optimizer = make_optimizer(model, cfg)
     history: list[dict] = []
     start_epoch = 0
@@ -276,6 +282,9 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
         lookahead.sync()
     if average is not None:  # finish with the averaged weights; the last checkpoint keeps the raw ones beside them
         model.load_state_dict(average.average)
+    if cfg.branches != "none":  # back to the original architecture; the folding measures batch-norm inputs on 8 batches
+        fold_branches(model, [x for x, _ in itertools.islice(train_loader, 8)])
+    if average is not None:
         if history and val_loader is not None and len(val_loader.labels):
             val = evaluate(model, val_loader, amp=cfg.amp)
             history[-1] = {**history[-1], "average_val_top1": val["top1"], "average_val_loss": val["loss"]}
