@@ -84,6 +84,8 @@ def add_branches(model: nn.Module, kind: str) -> int:
     """Wrap every foldable conv-bn pair of `model` in place; returns how many were wrapped."""
     if kind not in KINDS:
         raise SlimlabError(f"train.branches: unknown kind '{kind}'; known: none, {', '.join(KINDS)}")
+    if has_branches(model):  # wrapping again would nest branches inside branches
+        raise SlimlabError("train.branches: the model already has training-time branches; fold them first")
     wrapped = 0
     for parent in list(model.modules()):
         children = list(parent.named_children())

@@ -13,10 +13,10 @@ from slimlab.train import FRESH_TRAINING_ONLY, TrainState, train
 from test_train import _loader
 
 
-def _trained_branches(kind: str, name: str = "resnet20") -> tuple[nn.Module, list[torch.Tensor]]:
+def _trained_branches(kind: str) -> tuple[nn.Module, list[torch.Tensor]]:
     """A model with branches after a few SGD steps, so every batch norm has its own non-trivial statistics."""
     torch.manual_seed(0)
-    model = create_model(name, num_classes=10)
+    model = create_model("resnet20", num_classes=10)
     add_branches(model, kind)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     batches = [torch.randn(16, 3, 16, 16) for _ in range(4)]
@@ -51,19 +51,17 @@ def test_folded_batch_norms_hold_the_statistics_of_their_inputs():
     """Retraining (pruning, QAT) runs the folded model in train mode, where each batch norm normalizes with batch
     statistics: the running ones must be those of the folded convolution's output, or the function would jump."""
     model, batches = _trained_branches("pointwise")
-    sites = [m.bn for m in model.modules() if isinstance(m, BranchedConvBN)]
+    pairs = [(m.conv, m.bn) for m in model.modules() if isinstance(m, BranchedConvBN)]  # folding puts these back
     fold_branches(model, batches)
     outputs = {}
-    convs = {id(bn): conv for name, conv in model.named_modules() if isinstance(conv, nn.Conv2d)
-             for bn_name, bn in model.named_modules() if bn_name == name.replace("conv", "bn") and bn in sites}
-    handles = [convs[id(bn)].register_forward_hook(lambda m, i, o, bn=bn: outputs.setdefault(bn, []).append(o)) for bn in sites]
+    handles = [conv.register_forward_hook(lambda m, i, o, bn=bn: outputs.setdefault(bn, []).append(o)) for conv, bn in pairs]
     model.eval()
     with torch.no_grad():
         for x in batches:
             model(x)
     for h in handles:
         h.remove()
-    assert len(outputs) == len(sites) == 19
+    assert len(outputs) == len(pairs) == 19
     for bn, seen in outputs.items():
         seen = torch.cat(seen).transpose(0, 1).flatten(1)
         assert torch.allclose(bn.running_mean, seen.mean(1), atol=1e-4, rtol=1e-3)
@@ -88,9 +86,13 @@ def test_a_forward_that_does_not_follow_the_registration_order_is_refused_at_fol
         fold_branches(model, [torch.randn(8, 3, 8, 8)])
 
 
-def test_a_model_without_conv_bn_pairs_is_refused():
+def test_a_model_without_conv_bn_pairs_or_with_branches_already_is_refused():
     with pytest.raises(SlimlabError, match="train.branches: LeNet5 has no kxk convolution"):
         add_branches(create_model("lenet5", num_classes=10, in_channels=1, image_size=28), "pointwise")
+    model = create_model("resnet20", num_classes=10)
+    add_branches(model, "pointwise")
+    with pytest.raises(SlimlabError, match="already has training-time branches"):
+        add_branches(model, "pointwise")
 
 
 def test_training_with_branches_resumes_exactly_and_ends_folded():
