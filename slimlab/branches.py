@@ -137,10 +137,13 @@ def fold_branches(model: nn.Module, batches: Iterable[torch.Tensor], tolerance: 
         bn_name = _slot_after(parent, name)
         setattr(parent, bn_name, bn)
         handles.append(conv.register_forward_hook(lambda m, i, o, key=id(child): record(m, i, o, key)))
-    # Measure the conv outputs with an identity batch norm (mean 0, var 1, no affine) so later layers see W*x + b.
+    # While measuring, each batch norm only adds b (mean 0, var 1 - eps, weight 1), so later layers see W*x + b.
     for _, _, child in sites:
         bn = child.bn
-        bn.running_mean.zero_(), bn.running_var.fill_(1 - bn.eps), bn.weight.fill_(1), bn.bias.copy_(folded[id(child)][1])
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1 - bn.eps)
+        bn.weight.fill_(1)
+        bn.bias.copy_(folded[id(child)][1])
     for x in batches:
         model(x)
     for h in handles:
@@ -151,8 +154,10 @@ def fold_branches(model: nn.Module, batches: Iterable[torch.Tensor], tolerance: 
         mean = sum(s for s, _, _ in sums) / count
         var = (sum(q for _, q, _ in sums) / count - mean * mean).clamp_min(0)
         bn = child.bn
-        bn.running_mean.copy_(mean), bn.running_var.copy_(var)
-        bn.weight.copy_(torch.sqrt(var + bn.eps)), bn.bias.copy_(mean + folded[id(child)][1])
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+        bn.weight.copy_(torch.sqrt(var + bn.eps))
+        bn.bias.copy_(mean + folded[id(child)][1])
     after = [model(x) for x in batches]
     model.train(was_training)
     worst = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(after, before))
