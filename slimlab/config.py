@@ -13,7 +13,7 @@ from slimlab.errors import ConfigError
 
 # Bump whenever a field is added, removed or changes meaning: the run id changes with it, so old results
 # are never silently reused under a new meaning (a golden-hash test pins the current value).
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 class Strict(BaseModel):
@@ -64,8 +64,11 @@ class ModelConfig(Strict):
 class TrainConfig(Strict):
     epochs: int = Field(20, ge=0)
     batch_size: int = Field(128, gt=0)
-    optimizer: Literal["sgd"] = "sgd"
+    optimizer: Literal["sgd", "muon"] = Field("sgd", description="muon: convolution weights take orthogonalized "
+                                              "steps (Jordan et al. 2024, slimlab/muon.py); every other parameter takes SGD steps at lr")
     lr: float = Field(0.2, gt=0)
+    muon_lr: float = Field(0.03, gt=0, description="muon: peak step size of each convolution weight, relative to its norm")
+    muon_momentum: float = Field(0.9, ge=0, lt=1, description="muon: momentum of the convolution weights' steps")
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)

@@ -15,6 +15,7 @@ from torch import nn
 from slimlab.branches import add_branches, fold_branches
 from slimlab.config import TrainConfig
 from slimlab.data.loader import DeviceLoader
+from slimlab.muon import Muon, scale_invariant_parameters
 
 # Options that keep a second copy of the weights (average, slow weights, teacher): switched off wherever training
 # continues from trained weights (retraining after pruning, QAT), so nothing brings back weights a mask removed.
@@ -125,14 +126,29 @@ def lr_multiplier(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainC
     return 1.0
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD; batch-norm weights and biases skip weight decay unless asked (decay on them only hurts small nets)."""
+def make_optimizer(model: nn.Module, cfg: TrainConfig, example: torch.Tensor | None = None) -> torch.optim.Optimizer:
+    """SGD, or Muon for convolution weights (`example`, a small input batch, tells which are scale-invariant);
+    batch-norm weights and biases skip weight decay unless asked (decay on them only hurts small nets)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    nesterov = cfg.nesterov and cfg.momentum > 0
+    if cfg.optimizer == "muon":
+        if example is None:
+            raise ValueError("the muon optimizer needs an example batch to find the scale-invariant convolution weights")
+        invariant = scale_invariant_parameters(model, example)
+        pinned = [p for p in trainable if p in invariant]
+        convs = [p for p in trainable if p.ndim == 4 and p not in invariant]
+        rest = [p for p in trainable if p.ndim != 4]
+        decay = [p for p in rest if p.ndim > 1 or cfg.decay_norm_and_bias]
+        no_decay = [p for p in rest if not (p.ndim > 1 or cfg.decay_norm_and_bias)]
+        orthogonal = {"lr": cfg.muon_lr, "momentum": cfg.muon_momentum, "orthogonalize": True}
+        groups = [{"params": pinned, "pin_norm": True, **orthogonal}, {"params": convs, "weight_decay": cfg.weight_decay, **orthogonal},
+                  {"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return Muon([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
     decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 or cfg.decay_norm_and_bias else no_decay).append(p)
+    for p in trainable:
+        (decay if p.ndim > 1 or cfg.decay_norm_and_bias else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -193,7 +209,9 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
     device = train_loader.device
     if cfg.branches != "none":  # before the optimizer, averages and any resumed state: they all see the branches
         add_branches(model, cfg.branches)
-    optimizer = make_optimizer(model, cfg)
+    example = next(iter(train_loader))[0][:32] if cfg.optimizer == "muon" else None
+    optimizer = make_optimizer(model, cfg, example)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]  # before a resumed state overwrites them with scheduled ones
     history: list[dict] = []
     start_epoch = 0
     if resume is not None:
@@ -203,7 +221,6 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
     steps_per_epoch = len(train_loader) if cfg.max_batches_per_epoch is None else min(len(train_loader), cfg.max_batches_per_epoch)
     total_steps = steps_per_epoch * cfg.epochs
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    base_lrs = [g["lr"] for g in optimizer.param_groups] if resume is None else [cfg.lr] * len(optimizer.param_groups)
     precision = training_precision(device, cfg)
     lookahead = None
     if cfg.lookahead_steps is not None:
@@ -257,13 +274,13 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
             # Checking every step costs nothing on CPU; on CUDA it would sync, so look every 50 steps there.
             if (device.type != "cuda" or b % 50 == 0) and not torch.isfinite(loss_sum):
                 bar.close()
-                raise TrainingDiverged(f"non-finite training loss at epoch {epoch + 1}, batch {b + 1} (lr {base_lrs[0] * factor:.4g})")
+                raise TrainingDiverged(f"non-finite training loss at epoch {epoch + 1}, batch {b + 1} (lr {cfg.lr * factor:.4g})")
             bar.update(1)
         bar.close()
         if not torch.isfinite(loss_sum):
             raise TrainingDiverged(f"non-finite training loss in epoch {epoch + 1}")
         record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(1, seen), "train_top1": 100.0 * correct.item() / max(1, seen),
-                  "lr": base_lrs[0] * factor, "seconds": time.perf_counter() - started, "precision": precision}
+                  "lr": cfg.lr * factor, "seconds": time.perf_counter() - started, "precision": precision}
         if val_loader is not None and len(val_loader.labels):
             val = evaluate(model, val_loader, amp=cfg.amp)
             record.update(val_top1=val["top1"], val_loss=val["loss"])

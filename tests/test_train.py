@@ -51,6 +51,7 @@ def _loader():
     (None, {}),
     (5, {}),  # 5 does not divide the 4 steps per epoch: the phase must survive
     (5, {"distill_weight": 0.5, "distill_mirrored": True}),
+    (5, {"optimizer": "muon"}),  # Muon's groups keep their own learning rates across a resume
 ])
 def test_weight_average_and_lookahead_finish_training_and_resume_exactly(lookahead_steps, extra):
     cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, warmup_epochs=0, ema_decay=0.9, lookahead_steps=lookahead_steps, **extra)

@@ -1,0 +1,95 @@
+"""Muon (Jordan et al. 2024): momentum SGD whose update for each convolution filter bank is orthogonalized.
+
+For a convolution weight the momentum-averaged gradient is reshaped to a matrix (out x in*k*k) and replaced by the
+nearest semi-orthogonal matrix, computed with a few Newton-Schulz iterations. Every direction in the filter bank then
+moves at the same rate, which speeds up short training runs (the CIFAR-10 speed records since late 2024 use it).
+
+A weight whose training-mode output does not depend on its scale (a convolution feeding a batch norm) has its norm
+pinned to sqrt(out_channels) before each step: `lr` is then the step's size relative to the weight and no weight
+decay is needed. `scale_invariant_parameters` finds such weights by measuring, not by trusting layer order. Other
+convolution weights are orthogonalized with plain weight decay. Every other parameter (batch-norm affine parameters,
+biases, the classifier) takes a Nesterov SGD step with the group's own learning rate.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+# Quintic iteration coefficients tuned by Jordan (2024) to push all singular values to about 1 within 5 steps.
+_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(matrix: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """Approximately U V^T for matrix = U S V^T: singular values land near 1 (roughly 0.7 to 1.2), not exactly."""
+    a, b, c = _NS_COEFFICIENTS
+    x = matrix / (matrix.norm() + eps)  # the spectral norm is now at most 1, where the iteration converges
+    wide = x.shape[0] <= x.shape[1]
+    if not wide:
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x if wide else x.T
+
+
+@torch.no_grad()
+def scale_invariant_parameters(model: nn.Module, example: torch.Tensor, tolerance: float = 1e-3) -> set[nn.Parameter]:
+    """The convolution weights whose doubling leaves the training-mode output unchanged (they feed a batch norm).
+
+    Runs on a copy, so the model's batch-norm statistics and random state are untouched."""
+    probe = copy.deepcopy(model).train()
+    by_name = dict(model.named_parameters())
+
+    def forward() -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the same dropout masks, if any, for both passes
+            return probe(example).float()
+
+    reference = forward()
+    scale = reference.abs().max().clamp_min(1e-6)
+    invariant = set()
+    for name, param in probe.named_parameters():
+        if param.ndim != 4 or not param.requires_grad:
+            continue
+        param.mul_(2)
+        changed = (forward() - reference).abs().max() / scale
+        param.div_(2)
+        if changed <= tolerance:
+            invariant.add(by_name[name])
+    return invariant
+
+
+class Muon(torch.optim.Optimizer):
+    """Param groups with `orthogonalize: True` take Muon steps; the rest take Nesterov (or heavy-ball) SGD steps.
+
+    A group's `pin_norm: True` pins each weight's norm to sqrt(rows) before the step (for scale-invariant weights).
+    The state dict has the same layout as torch's SGD (one momentum buffer per parameter), so resuming works."""
+
+    def __init__(self, groups: list[dict], lr: float, momentum: float, nesterov: bool = True, weight_decay: float = 0.0):
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, orthogonalize=False, pin_norm=False)
+        super().__init__(groups, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if group["weight_decay"] and not group["pin_norm"]:
+                    grad = grad.add(p, alpha=group["weight_decay"])
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = grad.clone()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
+                buffer = state["momentum_buffer"]
+                direction = grad.add(buffer, alpha=group["momentum"]) if group["nesterov"] else buffer
+                if group["orthogonalize"]:
+                    if group["pin_norm"]:
+                        p.mul_(math.sqrt(p.shape[0]) / p.norm().clamp_min(1e-12))
+                    direction = orthogonalize(direction.reshape(len(direction), -1).float()).view_as(p).to(p.dtype)
+                p.add_(direction, alpha=-group["lr"])
