@@ -23,16 +23,17 @@ _NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
 def orthogonalize(matrix: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
-    """Approximately U V^T for matrix = U S V^T: singular values land near 1 (roughly 0.7 to 1.2), not exactly."""
+    """Approximately U V^T for matrix = U S V^T: singular values land near 1 (roughly 0.7 to 1.2), not exactly.
+    A 3-D input is a stack of matrices, each handled on its own."""
     a, b, c = _NS_COEFFICIENTS
-    x = matrix / (matrix.norm() + eps)  # the spectral norm is now at most 1, where the iteration converges
-    wide = x.shape[0] <= x.shape[1]
+    x = matrix / (matrix.norm(dim=(-2, -1), keepdim=True) + eps)  # spectral norm at most 1: the iteration converges
+    wide = x.shape[-2] <= x.shape[-1]
     if not wide:
-        x = x.T
+        x = x.mT
     for _ in range(steps):
-        gram = x @ x.T
+        gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return x if wide else x.T
+    return x if wide else x.mT
 
 
 @torch.no_grad()
@@ -75,6 +76,7 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
+            same_shape: dict[torch.Size, list[tuple[torch.Tensor, torch.Tensor]]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -89,7 +91,15 @@ class Muon(torch.optim.Optimizer):
                 buffer = state["momentum_buffer"]
                 direction = grad.add(buffer, alpha=group["momentum"]) if group["nesterov"] else buffer
                 if group["orthogonalize"]:
-                    if group["pin_norm"]:
-                        p.mul_(math.sqrt(p.shape[0]) / p.norm().clamp_min(1e-12))
-                    direction = orthogonalize(direction.reshape(len(direction), -1).float()).view_as(p).to(p.dtype)
-                p.add_(direction, alpha=-group["lr"])
+                    same_shape.setdefault(p.shape, []).append((p, direction))
+                else:
+                    p.add_(direction, alpha=-group["lr"])
+            # Weights of one shape are orthogonalized as one stack: a few batched matmuls instead of many small ones.
+            for shape, pairs in same_shape.items():
+                weights = [p for p, _ in pairs]
+                stack = torch.stack([d.reshape(shape[0], -1).float() for _, d in pairs])
+                if group["pin_norm"]:
+                    norms = torch.stack([w.norm() for w in weights]).clamp_min(1e-12)
+                    torch._foreach_mul_(weights, list((math.sqrt(shape[0]) / norms).unbind()))
+                updates = orthogonalize(stack).unbind()
+                torch._foreach_add_(weights, [u.view(shape).to(w.dtype) for u, w in zip(updates, weights)], alpha=-group["lr"])
