@@ -24,6 +24,12 @@ FRESH_TRAINING_ONLY = {"ema_decay": None, "lookahead_steps": None, "distill_weig
                        "branches": "none"}
 
 
+def peak_rates(cfg: TrainConfig, lr: float) -> dict:
+    """Config updates for fine-tuning at peak rate `lr`: the Muon rate scales by the same factor, so a fine-tune
+    is as gentle on the convolutions as on everything else."""
+    return {"lr": lr, "muon_lr": cfg.muon_lr * lr / cfg.lr}
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run is marked failed with this message."""
 

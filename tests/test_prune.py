@@ -348,3 +348,13 @@ def test_a_control_reuses_the_dense_parent_and_the_tickets_earlier_rounds(tmp_pa
         assert control.metrics[f"round{r}_top1"] == ticket.metrics[f"round{r}_top1"]
     assert control.metrics["round3_top1"] != ticket.metrics["round3_top1"] or control.metrics["top1"] != ticket.metrics["top1"]
     assert abs(control.metrics["prune_sparsity"] - 0.8) < 1e-3 and "prune_reuse" in control.notes
+
+
+def test_muon_retraining_keeps_the_pruned_weights_at_zero(tmp_path):
+    """Muon rescales and rewrites whole filter banks each step; the masks must still hold after every round."""
+    from slimlab.run import run
+
+    step = {"method": "l1", "scope": "global", "amount": 0.8, "schedule": "iterative", "rounds": 2, "after_round": "finetune"}
+    record = run(_quick_config([{"kind": "prune", **step}], optimizer="muon"), store=tmp_path, progress=False)
+    assert record.status == "done", record.error
+    assert abs(record.metrics["prune_sparsity"] - 0.8) < 1e-3

@@ -291,14 +291,14 @@ def test_step_config_rejects_what_cannot_work():
     assert step["method"] == "onnxruntime" and step["per_channel"] is True  # defaults filled in, so the hash sees them
 
 
-@pytest.mark.parametrize("method", ["static", "qat", "onnxruntime"])
-def test_quantize_step_end_to_end_through_run(tmp_path, method):
+@pytest.mark.parametrize("method, optimizer", [("static", "sgd"), ("qat", "sgd"), ("qat", "muon"), ("onnxruntime", "sgd")])
+def test_quantize_step_end_to_end_through_run(tmp_path, method, optimizer):
     if method == "onnxruntime":
         pytest.importorskip("onnxruntime")
     config = build_config({
         "data": {"name": "synthetic", "val_size": 64, "test_subset": 64, "options": {"train_size": 256, "test_size": 64}},
         "model": {"name": "resnet20"},
-        "train": {"epochs": 1, "batch_size": 32, "max_batches_per_epoch": 3, "device": "cpu", "warmup_epochs": 0},
+        "train": {"epochs": 1, "batch_size": 32, "max_batches_per_epoch": 3, "device": "cpu", "warmup_epochs": 0, "optimizer": optimizer},
         "measure": {"latency": False, "energy": False, "eval_batch_size": 64},
         "steps": [{"kind": "quantize", "method": method, "observer": "minmax", "calibration_batches": 2,
                    "calibration_batch_size": 32, "qat_epochs": 1}]})

@@ -110,6 +110,7 @@ def test_retraining_after_pruning_never_averages_and_ends_uncropped_like_its_par
     assert finetune.ema_decay is None and finetune.uncropped_final_epochs == 1 and finetune.epochs == 1
     rewind = retrain_config(parent, "weight_rewind", finetune_epochs=1, finetune_lr=0.01)
     assert rewind.ema_decay is None and rewind.uncropped_final_epochs == 2 and rewind.epochs == 20
+    assert finetune.lr == 0.01 and finetune.muon_lr == pytest.approx(parent.muon_lr * 0.01 / parent.lr)  # Muon scaled alike
     with_copies = TrainConfig(epochs=20, lookahead_steps=5, ema_decay=0.998, distill_weight=0.5, distill_mirrored=True)
     for after_round in ("finetune", "weight_rewind"):
         retrain = retrain_config(with_copies, after_round, finetune_epochs=1, finetune_lr=0.01)

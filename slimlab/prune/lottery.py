@@ -10,7 +10,7 @@ from slimlab.config import TrainConfig
 from slimlab.data.loader import DeviceLoader
 from slimlab.errors import ConfigError
 from slimlab.prune.unstructured import Masks, apply_masks_
-from slimlab.train import FRESH_TRAINING_ONLY, train
+from slimlab.train import FRESH_TRAINING_ONLY, peak_rates, train
 
 State = dict[str, torch.Tensor]
 AfterRound = Literal["finetune", "lr_rewind", "weight_rewind", "none"]
@@ -69,7 +69,7 @@ def retrain_config(train_cfg: TrainConfig, after_round: AfterRound, finetune_epo
     them would bring back weights that a mask removed during the round. A fine-tune is the end of training, so it ends
     on uncropped images as the parent did."""
     if after_round == "finetune":
-        return train_cfg.model_copy(update={"epochs": finetune_epochs, "lr": finetune_lr, "schedule": "constant", "warmup_epochs": 0.0,
+        return train_cfg.model_copy(update={"epochs": finetune_epochs, **peak_rates(train_cfg, finetune_lr), "schedule": "constant", "warmup_epochs": 0.0,
                                             **FRESH_TRAINING_ONLY,
                                             "uncropped_final_epochs": min(train_cfg.uncropped_final_epochs, finetune_epochs)})
     if after_round in ("lr_rewind", "weight_rewind"):

@@ -23,7 +23,7 @@ from slimlab.quantize.qconfigs import EAGER_BACKENDS
 from slimlab.quantize.reduced_float import to_reduced_float
 from slimlab.quantize.static import quantize_static_
 from slimlab.quantize.torch_engine import float_reference, graph_mode
-from slimlab.train import FRESH_TRAINING_ONLY, train
+from slimlab.train import FRESH_TRAINING_ONLY, peak_rates, train
 
 if TYPE_CHECKING:
     from slimlab.run import StepContext
@@ -115,7 +115,7 @@ def _quantization_aware_training(model: nn.Module, cfg: QuantizeStepConfig, cont
     calibrate_observers_(model, calibration)
     base = context.config.train
     # Fine-tuning, not training: a small peak rate decaying to zero, no warm-up; fake quantization runs in fp32.
-    train_cfg = TrainConfig.model_validate({**base.model_dump(), "epochs": cfg.qat_epochs, "lr": cfg.qat_lr, "warmup_epochs": 0.0,
+    train_cfg = TrainConfig.model_validate({**base.model_dump(), "epochs": cfg.qat_epochs, **peak_rates(base, cfg.qat_lr), "warmup_epochs": 0.0,
                                             "schedule": "cosine", "final_lr_fraction": 0.0, "amp": False, "cpu_bf16": False,
                                             **FRESH_TRAINING_ONLY,  # no averaging of fake-quant observers
                                             # QAT ends training, so it ends on uncropped images as the float model did
