@@ -75,6 +75,10 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             same_shape: dict[torch.Size, list[tuple[torch.Tensor, torch.Tensor]]] = {}
             for p in group["params"]:
@@ -103,3 +107,4 @@ class Muon(torch.optim.Optimizer):
                     torch._foreach_mul_(weights, list((math.sqrt(shape[0]) / norms).unbind()))
                 updates = orthogonalize(stack).unbind()
                 torch._foreach_add_(weights, [u.view(shape).to(w.dtype) for u, w in zip(updates, weights)], alpha=-group["lr"])
+        return loss
