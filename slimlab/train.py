@@ -137,23 +137,20 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, example: torch.Tensor | N
     batch-norm weights and biases skip weight decay unless asked (decay on them only hurts small nets)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     nesterov = cfg.nesterov and cfg.momentum > 0
+    orthogonal_groups, rest = [], trainable
     if cfg.optimizer == "muon":
         if example is None:
             raise ValueError("the muon optimizer needs an example batch to find the scale-invariant convolution weights")
         invariant = scale_invariant_parameters(model, example)
-        pinned = [p for p in trainable if p in invariant]
-        convs = [p for p in trainable if p.ndim == 4 and p not in invariant]
-        rest = [p for p in trainable if p.ndim != 4]
-        decay = [p for p in rest if p.ndim > 1 or cfg.decay_norm_and_bias]
-        no_decay = [p for p in rest if not (p.ndim > 1 or cfg.decay_norm_and_bias)]
+        convs, rest = [p for p in trainable if p.ndim == 4], [p for p in trainable if p.ndim != 4]
         orthogonal = {"lr": cfg.muon_lr, "momentum": cfg.muon_momentum, "orthogonalize": True}
-        groups = [{"params": pinned, "pin_norm": True, **orthogonal}, {"params": convs, "weight_decay": cfg.weight_decay, **orthogonal},
-                  {"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return Muon([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
-    decay, no_decay = [], []
-    for p in trainable:
-        (decay if p.ndim > 1 or cfg.decay_norm_and_bias else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        orthogonal_groups = [{"params": [p for p in convs if p in invariant], "pin_norm": True, **orthogonal},
+                             {"params": [p for p in convs if p not in invariant], "weight_decay": cfg.weight_decay, **orthogonal}]
+    decays = [p.ndim > 1 or cfg.decay_norm_and_bias for p in rest]
+    groups = [{"params": [p for p, d in zip(rest, decays) if d], "weight_decay": cfg.weight_decay},
+              {"params": [p for p, d in zip(rest, decays) if not d], "weight_decay": 0.0}]
+    if cfg.optimizer == "muon":
+        return Muon([g for g in orthogonal_groups + groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
 
 
