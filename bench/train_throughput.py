@@ -6,8 +6,8 @@ Both train the same model on the same CIFAR-10 (JPEG copy) images with the same 
 memory format; the minimal loop does no augmentation at all, so it is the strictest baseline. Rounds alternate
 (A B A B ...) so that drift on a noisy machine hits both; the best round of each is compared. Where the CPU has
 native bf16, a third arm times slimlab's loop with `train.cpu_bf16` against the same fp32 baseline. A last arm
-runs the extras of examples/resnet20_cifar10.yaml (reflect padding, alternating flips, Lookahead, weight average),
-to show what they cost.
+runs the extras of examples/resnet20_cifar10.yaml (Muon for the convolutions, reflect padding, alternating flips,
+Lookahead, weight average), to show what they cost.
 """
 import argparse
 import sys
@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import slimlab  # noqa: E402
+from slimlab.data.loader import balanced_subset  # noqa: E402
 from slimlab.run import prepare_data  # noqa: E402
 from slimlab.train import cpu_has_native_bf16, train  # noqa: E402
 
@@ -34,7 +35,7 @@ config = slimlab.load_config(overrides=[f"model.name={args.model}", f"train.batc
                                         f"train.max_batches_per_epoch={args.batches + 2}", "train.warmup_epochs=0", "data.val_size=0"])
 data = prepare_data(config, progress=False)
 n_images = (args.batches + 2) * args.batch_size
-subset = data.train.subset(torch.arange(n_images))
+subset = balanced_subset(data.train, n_images)  # every class, not the first one stored
 
 
 def fresh_model():
@@ -85,7 +86,7 @@ if data.device.type == "cpu" and cpu_has_native_bf16():  # on CUDA, train.amp al
 recipe = slimlab.load_config(Path(__file__).resolve().parents[1] / "examples/resnet20_cifar10.yaml")
 extras = config.model_copy(update={
     "data": config.data.model_copy(update={k: getattr(recipe.data, k) for k in ("crop_padding_mode", "alternate_flips")}),
-    "train": config.train.model_copy(update={k: getattr(recipe.train, k) for k in ("lookahead_steps", "lookahead_alpha", "ema_decay")})})
+    "train": config.train.model_copy(update={k: getattr(recipe.train, k) for k in ("optimizer", "muon_lr", "muon_momentum", "lookahead_steps", "lookahead_alpha", "ema_decay")})})
 arms["slimlab_recipe_extras"] = lambda: slimlab_round(extras.train, extras)
 results = {name: [] for name in arms}
 for r in range(args.rounds):

@@ -13,7 +13,7 @@ from slimlab.errors import ConfigError
 
 # Bump whenever a field is added, removed or changes meaning: the run id changes with it, so old results
 # are never silently reused under a new meaning (a golden-hash test pins the current value).
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 class Strict(BaseModel):
@@ -26,8 +26,10 @@ class DataConfig(Strict):
     root: list[str] = Field(default_factory=list, description="extra folders searched for dataset files")
     download: bool = False
     val_size: int = Field(5000, ge=0, description="images carved from the training set for validation/calibration")
-    train_subset: int | None = Field(None, gt=0, description="use only the first N training images (quick runs)")
-    test_subset: int | None = Field(None, gt=0, description="evaluate on the first N test images (quick runs)")
+    train_subset: int | None = Field(None, gt=0, description="use only N training images (quick runs): a class-balanced "
+                                      "random sample, the same for every seed")
+    test_subset: int | None = Field(None, gt=0, description="evaluate on N test images (quick runs): a class-balanced "
+                                     "random sample, the same for every seed")
     crop_padding: int = Field(4, ge=0)
     crop_padding_mode: Literal["zeros", "reflect"] = Field("zeros", description="what fills the border a random crop "
                                                            "reaches into: black, or the image mirrored")

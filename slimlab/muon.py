@@ -44,8 +44,11 @@ def scale_invariant_parameters(model: nn.Module, example: torch.Tensor, toleranc
     probe = copy.deepcopy(model).train()
     by_name = dict(model.named_parameters())
 
+    # manual_seed reseeds every device; forking the example's device too leaves the caller's random streams as they were.
+    devices = [example.device.index or 0] if example.device.type == "cuda" else []
+
     def forward() -> torch.Tensor:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=devices):
             torch.manual_seed(0)  # the same dropout masks, if any, for both passes
             return probe(example).float()
 

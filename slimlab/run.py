@@ -13,7 +13,7 @@ from torch import nn
 from slimlab import measure
 from slimlab.config import ExperimentConfig, config_hash, training_hash
 from slimlab.data import DatasetRequest, ImageDataset, ImageSplit, load_dataset
-from slimlab.data.loader import DeviceLoader, split_validation
+from slimlab.data.loader import DeviceLoader, balanced_subset, split_validation
 from slimlab.errors import SlimlabError
 from slimlab.models import create_model
 from slimlab.steps import step_kinds
@@ -22,6 +22,7 @@ from slimlab.train import TrainingDiverged, TrainState, evaluate, train
 
 TRAINED_WEIGHTS = "trained.pt"  # float weights and history after training, before any compression step
 STEP_TRAIN_SECONDS = ("quant_qat_seconds", "prune_retrain_seconds")  # step metrics that count as training time
+SUBSET_SEED = 0  # data.train_subset / test_subset draw the same images for every run seed
 DEFAULT_DATA_ROOTS = [Path("~/.cache/slimlab/data"), Path(__file__).resolve().parents[2] / "shared" / "datasets"]
 
 
@@ -47,8 +48,12 @@ class Prepared:
     test: ImageSplit
     device: torch.device
 
-    def loader(self, split: ImageSplit, batch_size: int, config: ExperimentConfig, training: bool = False) -> DeviceLoader:
-        return DeviceLoader(split, batch_size, self.dataset.mean, self.dataset.std, device=self.device, shuffle=training,
+    def loader(self, split: ImageSplit, batch_size: int, config: ExperimentConfig, training: bool = False,
+               shuffle: bool | None = None) -> DeviceLoader:
+        """Training loaders shuffle and augment. Others keep the stored order unless `shuffle`: a loader whose first
+        batches serve as a sample must shuffle, since stored order is often sorted by class."""
+        return DeviceLoader(split, batch_size, self.dataset.mean, self.dataset.std, device=self.device,
+                            shuffle=training if shuffle is None else shuffle,
                             augment=training, crop_padding=config.data.crop_padding, flip=config.data.flip,
                             alternate_flips=config.data.alternate_flips, seed=config.seed, padding_mode=config.data.crop_padding_mode,
                             drop_last=training, channels_last=config.train.channels_last and split.images.shape[1] > 1)
@@ -59,11 +64,12 @@ def prepare_data(config: ExperimentConfig, progress: bool = True) -> Prepared:
                              path=Path(config.data.path) if config.data.path else None, options={"progress": progress, **config.data.options})
     dataset = load_dataset(config.data.name, request)
     train_split, val_split = split_validation(dataset.train, config.data.val_size, seed=config.seed)
+    # Subsets are the same images whatever the run's seed, so runs with different seeds are scored alike.
     if config.data.train_subset:
-        train_split = train_split.subset(torch.arange(min(config.data.train_subset, len(train_split))))
+        train_split = balanced_subset(train_split, config.data.train_subset, seed=SUBSET_SEED)
     test = dataset.test
     if config.data.test_subset:
-        test = test.subset(torch.arange(min(config.data.test_subset, len(test))))
+        test = balanced_subset(test, config.data.test_subset, seed=SUBSET_SEED)
     return Prepared(dataset, train_split, val_split, test, resolve_device(config.train.device))
 
 
@@ -91,9 +97,10 @@ class StepContext:
         return self.data.loader(self.data.train, batch_size or self.config.train.batch_size, self.config, training=True)
 
     def calibration_loader(self, batch_size: int = 64) -> DeviceLoader:
-        """Validation images if carved out, else training images; never the test set."""
+        """Validation images if carved out, else training images; never the test set. Shuffled (by the seed), without
+        augmentation, so that its first few batches are a fair sample of every class."""
         split = self.data.val if len(self.data.val) else self.data.train
-        return self.data.loader(split, batch_size, self.config)
+        return self.data.loader(split, batch_size, self.config, shuffle=True)
 
     def example(self, batch: int, device: torch.device | None = None) -> torch.Tensor:
         """`batch` normalized test images (repeated if the test set is smaller), for tracing and timing."""
@@ -101,10 +108,12 @@ class StepContext:
         test = self.data.test
         return self.test_loader(batch_size=batch, device=device).normalize(test.images[torch.arange(batch) % len(test)].to(device))
 
-    def test_loader(self, batch_size: int | None = None, device: torch.device | None = None) -> DeviceLoader:
-        loader = self.data.loader(self.data.test, batch_size or self.config.measure.eval_batch_size, self.config)
+    def test_loader(self, batch_size: int | None = None, device: torch.device | None = None, shuffle: bool = False) -> DeviceLoader:
+        """The test set in stored order; `shuffle` (by the seed) where only its first batches are used, as a sample."""
+        loader = self.data.loader(self.data.test, batch_size or self.config.measure.eval_batch_size, self.config, shuffle=shuffle)
         if device is not None and device != loader.device:
-            loader = DeviceLoader(self.data.test, loader.batch_size, self.data.dataset.mean, self.data.dataset.std, device=device)
+            loader = DeviceLoader(self.data.test, loader.batch_size, self.data.dataset.mean, self.data.dataset.std, device=device,
+                                  shuffle=shuffle, seed=self.config.seed)
         return loader
 
 

@@ -15,7 +15,7 @@ from slimlab.data import DatasetRequest, ImageSplit, load_dataset
 from slimlab.data.cifar import load_pickle_batch
 from slimlab.data.files import sha256_of
 from slimlab.data.idx import read_idx
-from slimlab.data.loader import DeviceLoader, random_crop_flip, split_validation
+from slimlab.data.loader import DeviceLoader, balanced_subset, random_crop_flip, split_validation
 from slimlab.errors import ConfigError, DataNotFoundError
 
 
@@ -152,6 +152,20 @@ def test_validation_split_is_disjoint_and_seeded():
     assert not set(train.labels.tolist()) & set(val.labels.tolist())
     assert split_validation(split, 20, seed=3)[1].labels.tolist() == val.labels.tolist()
     assert split_validation(split, 20, seed=4)[1].labels.tolist() != val.labels.tolist()
+
+
+def test_a_subset_of_class_sorted_data_is_balanced_random_and_the_same_every_time():
+    labels = torch.arange(10).repeat_interleave(50)  # stored sorted by class, as the JPEG copy and image folders are
+    split = ImageSplit(torch.arange(500).to(torch.uint8).view(500, 1, 1, 1), labels)
+    subset = balanced_subset(split, 95, seed=0)
+    counts = subset.labels.bincount(minlength=10)
+    assert len(subset) == 95 and counts.max() - counts.min() <= 1  # 9 or 10 of each class, not 95 of the first
+    assert torch.equal(subset.labels, subset.labels.sort().values)  # kept in stored order
+    assert torch.equal(balanced_subset(split, 95, seed=0).images, subset.images)
+    assert not torch.equal(balanced_subset(split, 95, seed=1).images, subset.images)
+    uneven = ImageSplit(torch.zeros(30, 1, 1, 1, dtype=torch.uint8), torch.tensor([0] * 25 + [1] * 5))
+    assert balanced_subset(uneven, 20).labels.bincount().tolist() == [15, 5]  # a short class gives all it has
+    assert balanced_subset(split, 500) is split
 
 
 def test_augmentation_is_a_crop_of_the_padded_image():

@@ -31,10 +31,13 @@ def _mixed_model():
 def test_only_convolutions_feeding_a_batch_norm_are_scale_invariant_and_the_probe_leaves_the_model_alone():
     model = _mixed_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    invariant = scale_invariant_parameters(model, torch.randn(16, 3, 8, 8))
+    example = torch.randn(16, 3, 8, 8)
+    rng_before = torch.get_rng_state()
+    invariant = scale_invariant_parameters(model, example)
     assert invariant == {model[0].weight}
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the run's random stream goes on as if nothing happened
 
 
 def test_one_step_pins_and_orthogonalizes_convolutions_and_gives_the_rest_sgd():

@@ -5,6 +5,7 @@ import copy
 import io
 import json
 import sys
+from itertools import islice
 
 import pytest
 import torch
@@ -166,6 +167,21 @@ def test_calibration_never_touches_the_test_split(trained):
     white = (255 - MEAN[0] * 255) / (STD[0] * 255)
     assert top < white - 0.2
     assert json.loads(context.artifacts["quant_layers.json"])[0]["name"] == "conv1"
+
+
+def test_on_class_sorted_data_subsets_and_the_calibration_sample_cover_every_class():
+    raw = {"data": {"name": "synthetic", "val_size": 0, "train_subset": 200, "test_subset": 100,
+                    "options": {"train_size": 1000, "test_size": 500, "sorted_by_class": True}},
+           "model": {"name": "resnet20"}, "train": {"device": "cpu"}}
+    context = StepContext(build_config(raw), prepare_data(build_config(raw), progress=False), progress=False)
+    for split in (context.data.train, context.data.test):
+        counts = split.labels.bincount(minlength=10)
+        assert counts.min() >= counts.max() - 1 > 0, counts  # balanced, not the first classes stored
+    # Two calibration batches of 32 images: stored order would give one class or two; a shuffled sample nearly all.
+    labels = torch.cat([y for _, y in islice(context.calibration_loader(32), 2)])
+    assert len(labels.unique()) >= 8
+    first = torch.cat([y for _, y in islice(context.test_loader(batch_size=32, shuffle=True), 1)])
+    assert len(first.unique()) >= 6
 
 
 class UserNet(nn.Module):

@@ -17,6 +17,26 @@ def split_validation(train: ImageSplit, val_size: int, seed: int) -> tuple[Image
     return train.subset(perm[val_size:].sort().values), train.subset(perm[:val_size].sort().values)
 
 
+def balanced_subset(split: ImageSplit, size: int, seed: int = 0) -> ImageSplit:
+    """`size` images drawn at random with the classes as even as the split allows, kept in their original order.
+
+    Never the first `size`: many datasets (image folders, the CIFAR-10 JPEG copy) are stored sorted by class, where
+    the first images are all one class."""
+    if size >= len(split):
+        return split
+    labels = split.labels
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    shuffled = labels[perm]
+    # Rank of each shuffled image among those of its class; taking ranks 0, 1, 2, ... deals the classes out evenly.
+    by_class = torch.sort(shuffled, stable=True).indices
+    counts = torch.bincount(shuffled)
+    class_start = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(perm)
+    rank[by_class] = torch.arange(len(labels)) - class_start[shuffled[by_class]]
+    take = torch.sort(rank * len(labels) + torch.arange(len(labels))).indices[:size]
+    return split.subset(perm[take].sort().values)
+
+
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     """Mirror out-of-range coordinates back inside [0, size) without repeating the edge pixel, as 'reflect' padding does."""
     return (size - 1) - ((size - 1) - index.abs()).abs()

@@ -132,7 +132,7 @@ def _layer_rows(float_model: nn.Module, model: nn.Module, cfg: QuantizeStepConfi
     if cfg.method in ("fp16", "bf16"):
         return layer_rows(model.module)
     reference = float_model if cfg.method == "dynamic" else float_reference(float_model, model)
-    batches = [x for x, _ in islice(context.test_loader(batch_size=64, device=CPU), cfg.layer_table_batches)]
+    batches = [x for x, _ in islice(context.test_loader(batch_size=64, device=CPU, shuffle=True), cfg.layer_table_batches)]
     return layer_table(reference, model, batches)
 
 
@@ -169,7 +169,8 @@ def _describe_layers(rows: list[dict], method: str) -> str:
 def _report(float_model: nn.Module, model: nn.Module, cfg: QuantizeStepConfig, context: StepContext,
             calibration: list[torch.Tensor], seconds: float, qat_history: list[dict]) -> None:
     rows = _layer_rows(float_model, model, cfg, context)
-    error = compare_logits(float_model, model, (x for x, _ in islice(context.test_loader(device=CPU), cfg.error_batches)))
+    sample = cfg.error_batches is not None  # a truncated pass must be a fair sample, not the first classes stored
+    error = compare_logits(float_model, model, (x for x, _ in islice(context.test_loader(device=CPU, shuffle=sample), cfg.error_batches)))
     low_precision = [r for r in rows if r["weight_dtype"] not in ("float32", "float64")]
     total_weights = sum(r["weights"] for r in rows) or 1
     context.metrics.update({
