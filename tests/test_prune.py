@@ -272,6 +272,8 @@ def test_step_config_rejects_inconsistent_settings():
         _quick_config([{"kind": "prune", "method": "ln_structured", "after_round": "weight_rewind"}])
     with pytest.raises(ConfigError):
         _quick_config([{"kind": "prune", "amount": 1.0}])
+    with pytest.raises(ConfigError, match="gradual"):  # a control there would be silently ignored
+        _quick_config([{"kind": "prune", "schedule": "gradual", "rounds": 3, "control": "reinit"}])
 
 
 def test_end_to_end_iterative_weight_rewinding(tmp_path):
@@ -307,6 +309,29 @@ def test_end_to_end_other_schedules_and_controls_reach_the_target(step, tmp_path
     record = run(_quick_config([{"kind": "prune", **step}]), store=tmp_path, progress=False)
     assert record.status == "done", record.error
     assert abs(record.metrics["prune_sparsity"] - step["amount"]) < 1e-3 and "round1_top1" in record.metrics
+
+
+@pytest.mark.parametrize("schedule", [{"schedule": "oneshot"}, {"schedule": "iterative", "rounds": 2}])
+def test_a_random_mask_control_without_rewinding_starts_as_dense_as_its_mask(schedule, tmp_path, monkeypatch):
+    from slimlab.prune import step as prune_step
+    from slimlab.run import run
+
+    starts = []  # (non-zero, kept by the masks) over the pruned layers, as each retraining begins
+    original = prune_step._retrain
+
+    def recording_retrain(model, cfg, context, callbacks, round_index):
+        masks = callbacks[0].masks
+        weights = dict(model.named_parameters())
+        starts.append((sum(int((weights[n] != 0).sum()) for n in masks), sum(int(m.sum()) for m in masks.values())))
+        return original(model, cfg, context, callbacks, round_index)
+
+    monkeypatch.setattr(prune_step, "_retrain", recording_retrain)
+    step = {"kind": "prune", "method": "l1", "scope": "global", "amount": 0.8, "after_round": "finetune",
+            "control": "random_mask", **schedule}
+    record = run(_quick_config([step]), store=tmp_path, progress=False)
+    assert record.status == "done", record.error
+    nonzero, kept = starts[-1]
+    assert nonzero == kept  # every weight the random mask keeps has a trained value, none starts at zero
 
 
 def test_rewind_target_is_the_runs_initialization():
@@ -348,6 +373,10 @@ def test_a_control_reuses_the_dense_parent_and_the_tickets_earlier_rounds(tmp_pa
         assert control.metrics[f"round{r}_top1"] == ticket.metrics[f"round{r}_top1"]
     assert control.metrics["round3_top1"] != ticket.metrics["round3_top1"] or control.metrics["top1"] != ticket.metrics["top1"]
     assert abs(control.metrics["prune_sparsity"] - 0.8) < 1e-3 and "prune_reuse" in control.notes
+    # The reused rounds still count as its training time: three rounds of retraining, as the ticket's.
+    history = json.loads((tmp_path / "runs" / control.id / "history.json").read_text())
+    epochs = [rec for rec in history if "prune_round" in rec and "epoch" in rec]
+    assert len(epochs) == 3 and control.metrics["prune_retrain_seconds"] == pytest.approx(sum(rec["seconds"] for rec in epochs))
 
 
 def test_muon_retraining_keeps_the_pruned_weights_at_zero(tmp_path):

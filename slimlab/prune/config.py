@@ -43,6 +43,9 @@ class PruneStepConfig(BaseModel):
             raise ValueError("rewind_epoch applies only to after_round 'weight_rewind'")
         if self.control != "none" and self.after_round == "none":
             raise ValueError("a control needs retraining; set after_round to weight_rewind, lr_rewind or finetune")
+        if self.schedule == "gradual" and self.control != "none":
+            raise ValueError("controls replace the last round's mask or weights; the gradual schedule has no last round, "
+                             "use schedule 'iterative'")
         if self.schedule == "gradual" and self.after_round == "none":
             raise ValueError("gradual pruning happens during training; set after_round to finetune, lr_rewind or weight_rewind")
         if self.method == "ln_structured" and (self.after_round == "weight_rewind" or self.control != "none" or self.schedule == "gradual"):

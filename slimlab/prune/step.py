@@ -75,6 +75,9 @@ def _unstructured_rounds(model: nn.Module, cfg: PruneStepConfig, context: StepCo
 
     masks = current_masks(model, select)
     start = _rewind_state(model, cfg, context) if cfg.after_round == "weight_rewind" else None
+    # Without rewinding, a random-mask control needs values for the weights it keeps that L1 pruning had zeroed: the
+    # step's input (the trained parent) supplies them, so the control starts as dense as its mask says.
+    dense = _state_copy(model) if cfg.control == "random_mask" and start is None else None
     log = []
     if cfg.schedule == "gradual":
         masks = _gradual(model, cfg, context, prune, masks, start)
@@ -90,10 +93,15 @@ def _unstructured_rounds(model: nn.Module, cfg: PruneStepConfig, context: StepCo
                 log.append(cached["log"])
                 continue
             history_start = len(context.history)
+            before_prune = _state_copy(model) if last and dense is not None else None
             masks = prune(model, amount_to_reach(mask_sparsity(masks), target), masks)
+            source = start
             if last and cfg.control == "random_mask":
                 masks = lottery.random_masks_like(masks, context.config.seed + RANDOM_SEED_OFFSET)
-            source = _fresh_state(model, context) if last and cfg.control == "reinit" else start
+                if before_prune is not None:
+                    source = {k: torch.where(v == 0, dense[k], v) if k in masks else v for k, v in before_prune.items()}
+            elif last and cfg.control == "reinit":
+                source = _fresh_state(model, context)
             if source is not None:
                 lottery.rewind_(model, source, masks)
             else:
@@ -175,11 +183,18 @@ def _restore_round(model: nn.Module, cached: dict, context: StepContext) -> Mask
     """Load a round computed by an earlier run of the study (same parent, same rounds so far)."""
     model.load_state_dict(cached["model"])
     context.history.extend({**rec, "reused": True} for rec in cached["history"])
+    # Its training time counts, as a reused float parent's does: the model cost that much to make, whoever paid.
+    retrained = sum(rec.get("seconds", 0.0) for rec in cached["history"])  # epochs have seconds, round records not
+    context.metrics["prune_retrain_seconds"] = context.metrics.get("prune_retrain_seconds", 0.0) + retrained
     rec = cached["log"]
     context.metrics[f"round{rec['prune_round']}_top1"] = rec["test_top1"]
     context.metrics[f"round{rec['prune_round']}_sparsity"] = rec["sparsity"]
     context.notes["prune_reuse"] = "rounds before the last were computed once by a run with the same parent and rounds, and reused"
     return {k: v.to(model.state_dict()[k].device) for k, v in cached["masks"].items()}
+
+
+def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _record_round(model: nn.Module, context: StepContext, r: int, sparsity: float, **extra) -> dict:
