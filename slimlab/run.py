@@ -172,7 +172,7 @@ def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool
     # Training time of the whole recipe: the float training plus any fine-tuning a step did (QAT, pruning rounds).
     metrics["total_train_seconds"] = train_seconds + sum(v for k, v in context.metrics.items() if k in STEP_TRAIN_SECONDS)
     if history and "val_top1" in history[-1]:
-        metrics["val_top1"] = history[-1].get("average_val_top1", history[-1]["val_top1"])  # of the weights measured
+        metrics["val_top1"] = history[-1].get("final_val_top1", history[-1]["val_top1"])  # of the weights measured
     notes = dict(context.notes)
     if energy.joules is not None:
         metrics["train_energy_j"] = energy.joules

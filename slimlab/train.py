@@ -171,11 +171,31 @@ def autocast_for(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def observers_paused(model: nn.Module):
+    """Fake-quantize modules observe in eval mode too: an evaluation during QAT must not move the model's scales."""
+    modules = [m for m in model.modules() if isinstance(getattr(m, "observer_enabled", None), torch.Tensor)]
+    saved = [m.observer_enabled.clone() for m in modules]
+    for m in modules:
+        m.observer_enabled.fill_(0)
+    try:
+        yield
+    finally:
+        for m, enabled in zip(modules, saved):
+            m.observer_enabled.copy_(enabled)
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DeviceLoader, amp: bool = False, max_batches: int | None = None,
              progress: bool = False, desc: str = "eval", flip_tta: bool = False) -> dict:
     """Top-1, top-5 accuracy (%) and mean cross-entropy over a loader; `flip_tta` averages the logits of each image
     and its mirror image (test-time augmentation, reported under its own name)."""
+    with observers_paused(model):
+        return _evaluate(model, loader, amp, max_batches, progress, desc, flip_tta)
+
+
+def _evaluate(model: nn.Module, loader: DeviceLoader, amp: bool, max_batches: int | None, progress: bool, desc: str,
+              flip_tta: bool) -> dict:
     from tqdm import tqdm
 
     was_training = model.training
@@ -298,14 +318,15 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
             if lookahead is not None:
                 extra["lookahead"] = lookahead.state_dict()
             save_checkpoint(TrainState(model.state_dict(), optimizer.state_dict(), epoch + 1, history, extra))
-    if lookahead is not None and total_steps % cfg.lookahead_steps:  # finish on slow weights, as at every sync
+    synced_at_end = lookahead is not None and total_steps % cfg.lookahead_steps != 0
+    if synced_at_end:  # finish on slow weights, as at every sync
         lookahead.sync()
     if average is not None:  # finish with the averaged weights; the last checkpoint keeps the raw ones beside them
         model.load_state_dict(average.average)
     if cfg.branches != "none":  # back to the original architecture; the folding measures batch-norm inputs on 8 batches
         fold_branches(model, [x for x, _ in itertools.islice(train_loader, 8)])
-    if average is not None:
-        if history and val_loader is not None and len(val_loader.labels):
-            val = evaluate(model, val_loader, amp=cfg.amp)
-            history[-1] = {**history[-1], "average_val_top1": val["top1"], "average_val_loss": val["loss"]}
+    # The last epoch's validation saw other weights than those training ends on: validate those too.
+    if (average is not None or synced_at_end) and history and val_loader is not None and len(val_loader.labels):
+        val = evaluate(model, val_loader, amp=cfg.amp)
+        history[-1] = {**history[-1], "final_val_top1": val["top1"], "final_val_loss": val["loss"]}
     return history

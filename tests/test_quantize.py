@@ -254,6 +254,18 @@ def test_skip_and_auto_skip_leave_layers_float(trained, splits):
         quantize_static_(copy.deepcopy(trained), StaticConfig(skip=("nothere",)), calibration)
 
 
+def test_evaluating_a_qat_model_leaves_its_observers_alone(trained, splits):
+    model = prepare_qat_(copy.deepcopy(trained).train(), QATConfig(), torch.zeros(1, 3, 32, 32))
+    calibrate_observers_(model, _batches(splits[0], 32, 2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bright = ImageSplit(torch.full_like(splits[1].images[:64], 255), splits[1].labels[:64])  # far outside the calibrated range
+    evaluate(model, DeviceLoader(bright, 32, MEAN, STD))
+    # Observed ranges and the on/off flags as they were. (Scales may still be filled in: fused fake-quantizers derive
+    # them from the ranges at their first forward with fake quantization on.)
+    state = {k: v for k, v in model.state_dict().items() if any(w in k for w in ("min", "max", "enabled"))}
+    assert len(state) > 40 and not [k for k, v in state.items() if not torch.equal(v, before[k])]
+
+
 def test_qat_trains_through_the_loop_and_converts(trained, splits):
     model = prepare_qat_(copy.deepcopy(trained).train(), QATConfig(), torch.zeros(1, 3, 32, 32))
     calibrate_observers_(model, _batches(splits[0], 32, 4))  # scales from calibration data before the first step

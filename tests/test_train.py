@@ -87,17 +87,20 @@ def test_full_self_distillation_ignores_the_labels():
     assert not torch.equal(final_weights(0.5, 0), final_weights(0.5, 3))
 
 
-def test_a_run_with_the_recipe_options_reports_the_average(tmp_path):
+@pytest.mark.parametrize("finish", [{"train.ema_decay": 0.9, "train.lookahead_steps": 2},
+                                    {"train.lookahead_steps": 3}],  # 8 steps: the slow weights sync once more at the end
+                         ids=["average", "lookahead-sync"])
+def test_a_run_with_the_recipe_options_reports_the_validation_of_the_weights_it_ends_on(finish, tmp_path):
     import slimlab
     from conftest import tiny_config
     from slimlab.config import build_config
 
-    config = build_config(tiny_config(**{"train.ema_decay": 0.9, "train.uncropped_final_epochs": 1, "data.alternate_flips": True,
-                                         "data.crop_padding_mode": "reflect", "train.lookahead_steps": 2}))
+    config = build_config(tiny_config(**{"train.uncropped_final_epochs": 1, "data.alternate_flips": True,
+                                         "data.crop_padding_mode": "reflect", **finish}))
     record = slimlab.run(config, store=tmp_path / "store", progress=False)
     assert record.status == "done", record.error
     last = json.loads((tmp_path / "store" / "runs" / record.id / "history.json").read_text())[-1]
-    assert record.metrics["val_top1"] == last["average_val_top1"]
+    assert record.metrics["val_top1"] == last["final_val_top1"]
     assert 0 <= last["val_top1"] <= 100
     assert record.notes["train_precision"] == "fp32"
 
