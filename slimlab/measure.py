@@ -45,18 +45,20 @@ def size_figures(blob: bytes) -> dict:
 
 
 def _weights(module: nn.Module):
-    """(name, tensor) for float weights and for packed int8 weights of quantized modules."""
+    """(name, tensor) for float parameters, and for the packed weights and biases of quantized modules (dequantized,
+    so an entry counts as zero exactly when its value is zero, whatever its zero point)."""
     for name, p in module.named_parameters():
         yield name, p.detach()
     for name, m in module.named_modules():
-        w = getattr(m, "weight", None)
-        if callable(w) and not isinstance(w, torch.Tensor):  # quantized modules expose weight() as a method
-            try:
-                t = w()
-            except Exception:
-                continue
-            if isinstance(t, torch.Tensor):
-                yield f"{name}.weight", t.int_repr() if t.is_quantized else t
+        for attr in ("weight", "bias"):
+            packed = getattr(m, attr, None)
+            if callable(packed) and not isinstance(packed, torch.Tensor):  # quantized modules expose weight() and bias()
+                try:
+                    t = packed()
+                except Exception:
+                    continue
+                if isinstance(t, torch.Tensor):
+                    yield f"{name}.{attr}", t.dequantize() if t.is_quantized else t
 
 
 def count_parameters(model: nn.Module) -> dict:
@@ -68,6 +70,14 @@ def count_parameters(model: nn.Module) -> dict:
     return {"params": total, "nonzero_params": nonzero, "sparsity": 1 - nonzero / total if total else 0.0}
 
 
+def _is_conv(module: nn.Module) -> bool:
+    return hasattr(module, "kernel_size") and hasattr(module, "in_channels") and hasattr(module, "groups")
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return hasattr(module, "in_features") and hasattr(module, "out_features")
+
+
 def count_macs(model: nn.Module, example: torch.Tensor) -> dict:
     """Multiply-accumulates of convolutions and linear layers for one forward pass of `example` (per sample)."""
     macs = 0
@@ -75,14 +85,18 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> dict:
     def hook(module, inputs, output):
         nonlocal macs
         out = output.dequantize() if getattr(output, "is_quantized", False) else output
-        if hasattr(module, "kernel_size") and hasattr(module, "in_channels") and hasattr(module, "groups"):
+        if _is_conv(module):
             k = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,)
             per_out = module.in_channels // module.groups * int(torch.tensor(k).prod())
             macs += out.numel() * per_out
-        elif hasattr(module, "in_features") and hasattr(module, "out_features"):
+        elif _is_linear(module):
             macs += out.numel() * module.in_features
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    # Hooked by what a module is, not by being a leaf: int8 Linear layers hold their packed weights in a child module.
+    # A conv or linear module inside another (a QAT conv-bn) is counted once, by the outer one.
+    layers = {name: m for name, m in model.named_modules() if _is_conv(m) or _is_linear(m)}
+    outer = [m for name, m in layers.items() if not any(name.startswith(f"{other}.") for other in layers if other)]
+    handles = [m.register_forward_hook(hook) for m in outer]
     try:
         with torch.inference_mode():
             model.eval()(example)

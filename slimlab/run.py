@@ -162,9 +162,11 @@ def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool
         context.notes["train_precision"] = history[-1]["precision"]
     if config.steps:  # the float reference the compression steps are judged against
         context.metrics.update(_accuracy(model, context, "float_"))
-    float_counts = {**measure.count_parameters(model), **measure.count_macs(copy.deepcopy(model), context.example(1))} if config.steps else {}
+    step_input_counts: dict = {}
     for index, step in enumerate(config.steps):
         context.step_index = index
+        # Counts of the model this step receives: an engine outside torch (ONNX Runtime) reports the last of these.
+        step_input_counts = _counts(model, context.example(1))
         cfg = kinds[step["kind"]].config_type.model_validate({k: v for k, v in step.items() if k != "kind"})
         model = kinds[step["kind"]].apply(model, cfg, context)
 
@@ -179,7 +181,7 @@ def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool
         notes["train_energy_j"] = f"measured with {energy.source} over the training loop"
     else:
         notes["energy"] = f"not measured: {energy.reason}"
-    metrics.update(_measure_model(model, context, run_id, store, notes, float_counts))
+    metrics.update(_measure_model(model, context, run_id, store, notes, step_input_counts))
     for name, blob in context.artifacts.items():
         store.save_artifact(run_id, name, blob)
     # The history on record: training epochs, then whatever the steps trained or evaluated (QAT epochs, pruning rounds).
@@ -244,7 +246,7 @@ def _accuracy(model: nn.Module, context: StepContext, prefix: str = "") -> dict:
     return {f"{prefix}top1": result["top1"], f"{prefix}top5": result["top5"], f"{prefix}test_loss": result["loss"]}
 
 
-def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: Store, notes: dict, float_counts: dict) -> dict:
+def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: Store, notes: dict, step_input_counts: dict) -> dict:
     """Accuracy, size of the saved deployable file, counts and latency of the final model."""
     cfg = context.config.measure
     device = context.measure_device or context.data.device
@@ -258,9 +260,9 @@ def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: S
     path = store.save_artifact(run_id, "model.onnx" if fmt == "onnx" else "model.pt", blob)
     metrics.update(measure.size_figures(blob))
     notes["model_size_bytes"] = f"bytes of {path.name} ({fmt}) on disk; deflate = zlib level 9 of the same bytes"
-    counts = {**measure.count_parameters(model), **measure.count_macs(copy.deepcopy(model) if not _is_quantized(model) else model, example)}
-    if counts["params"] == 0 and float_counts:  # an engine outside torch (ONNX Runtime): same layers as the float model
-        counts = float_counts
+    counts = _counts(model, example)
+    if counts["params"] == 0 and step_input_counts:  # an engine outside torch (ONNX Runtime): the layers it was handed
+        counts = step_input_counts
         notes["params"] = "params and macs of the model handed to the engine; its weights live outside torch"
     metrics.update(counts)
     if cfg.latency:
@@ -273,6 +275,11 @@ def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: S
         metrics["latency_threads"] = threads
         notes["latency"] = f"median and p90 of {cfg.repeats} timed forward passes after {cfg.warmup} warm-up, {threads} threads, {lat['timer']} on {device}"
     return metrics
+
+
+def _counts(model: nn.Module, example: torch.Tensor) -> dict:
+    """Parameters and MACs; counting MACs runs a forward pass, on a copy unless the model is int8 (which cannot move)."""
+    return {**measure.count_parameters(model), **measure.count_macs(copy.deepcopy(model) if not _is_quantized(model) else model, example)}
 
 
 def _is_quantized(model: nn.Module) -> bool:

@@ -142,6 +142,22 @@ def _context(overrides: list[str] = ()) -> StepContext:
     return StepContext(config, prepare_data(config, progress=False), progress=False)
 
 
+def test_params_and_macs_stay_the_same_through_quantization():
+    """LeNet-5 has no batch norm to fold, so int8 and dynamic models have exactly the float model's layers."""
+    from slimlab.measure import count_macs, count_parameters
+
+    torch.manual_seed(0)
+    model = slimlab.create_model("lenet5", in_channels=1, image_size=28).eval()
+    example = torch.randn(4, 1, 28, 28)
+    expected = {**count_parameters(model), **count_macs(copy.deepcopy(model), example)}
+    assert expected["params"] == 61_706 and expected["macs"] == 416_520
+    static = quantize_static_(copy.deepcopy(model), StaticConfig(observer="minmax"), [example])
+    dynamic = quantize_dynamic_(copy.deepcopy(model), DynamicConfig())
+    for quantized in (static, dynamic):
+        counts = {**count_parameters(quantized), **count_macs(quantized, example)}
+        assert (counts["params"], counts["macs"]) == (expected["params"], expected["macs"])
+
+
 def test_dynamic_step_says_the_convolutions_stayed_float(trained):
     context = _context()
     apply_quantize(copy.deepcopy(trained), QuantizeStepConfig(method="dynamic", error_batches=1), context)

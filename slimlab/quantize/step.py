@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from slimlab.config import Strict, TrainConfig
+from slimlab.prune.unstructured import MaskKeeper
 from slimlab.quantize.configs import Backend, DynamicConfig, Mode, Observer, QATConfig, StaticConfig
 from slimlab.quantize.dynamic import quantize_dynamic_
 from slimlab.quantize.engines import engine_names
@@ -121,8 +122,12 @@ def _quantization_aware_training(model: nn.Module, cfg: QuantizeStepConfig, cont
                                             # QAT ends training, so it ends on uncropped images as the float model did
                                             "uncropped_final_epochs": min(base.uncropped_final_epochs, cfg.qat_epochs)})
     val = context.calibration_loader(context.config.measure.eval_batch_size) if len(context.data.val) else None
+    # Weights an earlier prune step zeroed stay zero: without this, momentum and weight decay would revive them.
+    # (A trained weight is never exactly zero by chance, so the zeros are the masks.)
+    pruned = {name: p != 0 for name, p in model.named_parameters() if p.dim() > 1 and not p.all()}
+    callbacks = [QATSchedule(cfg.freeze_bn_epoch, cfg.freeze_observer_epoch)] + ([MaskKeeper(pruned)] if pruned else [])
     history = train(model.to(context.data.device), context.train_loader(), train_cfg, val_loader=val, progress=context.progress,
-                    callbacks=[QATSchedule(cfg.freeze_bn_epoch, cfg.freeze_observer_epoch)], desc="qat")
+                    callbacks=callbacks, desc="qat")
     return convert_qat_(model), history
 
 
