@@ -22,7 +22,9 @@ from slimlab.train import TrainingDiverged, TrainState, evaluate, train
 
 TRAINED_WEIGHTS = "trained.pt"  # float weights and history after training, before any compression step
 STEP_TRAIN_SECONDS = ("quant_qat_seconds", "prune_retrain_seconds")  # step metrics that count as training time
-SUBSET_SEED = 0  # data.train_subset / test_subset draw the same images for every run seed
+# The validation split and data.train_subset / test_subset are the same images whatever the run's seed, so runs that
+# differ in seed differ in initialization and data order only, and are scored on the same images.
+DATA_SPLIT_SEED = 0
 DEFAULT_DATA_ROOTS = [Path("~/.cache/slimlab/data"), Path(__file__).resolve().parents[2] / "shared" / "datasets"]
 
 
@@ -63,13 +65,12 @@ def prepare_data(config: ExperimentConfig, progress: bool = True) -> Prepared:
     request = DatasetRequest(roots=data_roots(config), cache_dir=Path("~/.cache/slimlab").expanduser(), download=config.data.download,
                              path=Path(config.data.path) if config.data.path else None, options={"progress": progress, **config.data.options})
     dataset = load_dataset(config.data.name, request)
-    train_split, val_split = split_validation(dataset.train, config.data.val_size, seed=config.seed)
-    # Subsets are the same images whatever the run's seed, so runs with different seeds are scored alike.
+    train_split, val_split = split_validation(dataset.train, config.data.val_size, seed=DATA_SPLIT_SEED)
     if config.data.train_subset:
-        train_split = balanced_subset(train_split, config.data.train_subset, seed=SUBSET_SEED)
+        train_split = balanced_subset(train_split, config.data.train_subset, seed=DATA_SPLIT_SEED)
     test = dataset.test
     if config.data.test_subset:
-        test = balanced_subset(test, config.data.test_subset, seed=SUBSET_SEED)
+        test = balanced_subset(test, config.data.test_subset, seed=DATA_SPLIT_SEED)
     return Prepared(dataset, train_split, val_split, test, resolve_device(config.train.device))
 
 

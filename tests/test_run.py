@@ -159,3 +159,13 @@ def test_cli_lists_runs_as_json_and_errors_in_one_line(store_dir, tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and err.count("\n") == 1 and "train.lr" in err and "Traceback" not in err
     assert not (store_dir / "runs").exists() or len(list((store_dir / "runs").iterdir())) == 1  # nothing launched
+
+
+def test_the_splits_are_the_same_images_whatever_the_run_seed():
+    from slimlab.run import prepare_data
+
+    prepared = [prepare_data(build_config(tiny_config(seed=seed, **{"data.train_subset": 40, "data.test_subset": 30})), progress=False)
+                for seed in (0, 1)]
+    for split in ("train", "val", "test"):
+        first, second = (getattr(p, split) for p in prepared)
+        assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels), split
