@@ -155,14 +155,16 @@ RAPL_PATH = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
 class EnergyMeter:
     """Joules over a `with` block from NVML (GPU) or RAPL (CPU package); `joules` stays None with a `reason` otherwise."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self, device: torch.device, enabled: bool = True):
+        self.device, self.enabled = device, enabled
         self.joules: float | None = None
         self.source = ""
-        self.reason = ""
+        self.reason = "" if enabled else "switched off (measure.energy: false)"
         self._read = None
 
     def __enter__(self):
+        if not self.enabled:
+            return self
         self._read = self._nvml_reader() if self.device.type == "cuda" else self._rapl_reader()
         if self._read is not None:
             self._start = self._read()

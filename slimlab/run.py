@@ -207,7 +207,7 @@ class _EpochSnapshots:
 
 def _train_stage(config, model, data: Prepared, store: Store, progress: bool, snapshots: dict[int, dict]):
     """Train once per training config: checkpoints each epoch, resume after a kill, reuse a finished training."""
-    meter = measure.EnergyMeter(data.device)
+    meter = measure.EnergyMeter(data.device, enabled=config.measure.energy)
     if config.train.epochs == 0:
         meter.reason = "no training"
         return [], meter

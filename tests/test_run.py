@@ -169,3 +169,11 @@ def test_the_splits_are_the_same_images_whatever_the_run_seed():
     for split in ("train", "val", "test"):
         first, second = (getattr(p, split) for p in prepared)
         assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels), split
+
+
+def test_energy_switched_off_is_absent_and_says_so():
+    from slimlab.measure import EnergyMeter
+
+    with EnergyMeter(torch.device("cpu"), enabled=False) as meter:
+        pass
+    assert meter.joules is None and "measure.energy" in meter.reason
