@@ -243,7 +243,9 @@ def _train_stage(config, model, data: Prepared, store: Store, progress: bool, sn
 
 def _accuracy(model: nn.Module, context: StepContext, prefix: str = "") -> dict:
     device = context.measure_device or context.data.device
-    result = evaluate(model, context.test_loader(device=device), amp=context.config.train.amp, progress=context.progress, desc="test")
+    # Test figures are fp32 on every device, so a float model trained on a GPU with autocast compares fairly with its
+    # int8 version measured on the CPU.
+    result = evaluate(model, context.test_loader(device=device), amp=False, progress=context.progress, desc="test")
     return {f"{prefix}top1": result["top1"], f"{prefix}top5": result["top5"], f"{prefix}test_loss": result["loss"]}
 
 
@@ -254,7 +256,7 @@ def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: S
     model = model.to(device) if not _is_quantized(model) else model
     metrics = _accuracy(model, context)
     if cfg.flip_tta:
-        tta = evaluate(model, context.test_loader(device=device), amp=context.config.train.amp, flip_tta=True)
+        tta = evaluate(model, context.test_loader(device=device), amp=False, flip_tta=True)
         metrics.update(top1_flip_tta=tta["top1"], top5_flip_tta=tta["top5"])
     example = context.example(1, device)
     blob, fmt = (context.serialize or measure.serialize_deployable)(model, example)

@@ -200,7 +200,7 @@ def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
 def _record_round(model: nn.Module, context: StepContext, r: int, sparsity: float, **extra) -> dict:
     """Test top-1 after round r (and validation top-1 when a validation split exists) into metrics and history."""
     amp = context.config.train.amp
-    test = evaluate(model, context.test_loader(), amp=amp, progress=context.progress, desc=f"test round {r}")
+    test = evaluate(model, context.test_loader(), amp=False, progress=context.progress, desc=f"test round {r}")  # fp32, as every test figure
     record = {"prune_round": r, "sparsity": sparsity, "test_top1": test["top1"], **extra}
     if len(context.data.val):
         record["val_top1"] = evaluate(model, context.calibration_loader(), amp=amp)["top1"]
