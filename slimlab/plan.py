@@ -23,8 +23,33 @@ class PlannedRun:
     config: ExperimentConfig
 
 
-def _dotted(mapping: dict) -> list[str]:
-    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in mapping.items()]
+def _dotted(mapping: dict, prefix: str = "") -> list[str]:
+    """Overrides for every leaf: `{train: {epochs: 2}}` sets train.epochs and keeps the rest of the base's train
+    section. Lists (steps) and empty mappings are set whole."""
+    overrides = []
+    for k, v in mapping.items():
+        if isinstance(v, dict) and v:
+            overrides += _dotted(v, f"{prefix}{k}.")
+        else:
+            overrides.append(f"{prefix}{k}={yaml.safe_dump(v, default_flow_style=True).strip()}")
+    return overrides
+
+
+def _read_yaml(path: Path, what: str) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({what}): {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a {what} is a mapping of keys to values, not a {type(data).__name__}")
+    return data
+
+
+def _mapping(study: dict, key: str, path: Path, example: str) -> dict:
+    value = study.get(key) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {key}: expected a mapping, e.g. {example}; got a {type(value).__name__}")
+    return value
 
 
 def load_study(path: str | Path, overrides: list[str] = ()) -> list[PlannedRun]:
@@ -32,7 +57,7 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> list[PlannedRun]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such study file")
-    study = yaml.safe_load(path.read_text()) or {}
+    study = _read_yaml(path, "study file")
     unknown = set(study) - STUDY_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; a study has {', '.join(sorted(STUDY_KEYS))}")
@@ -42,12 +67,15 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> list[PlannedRun]:
         base_path = (path.parent / study["base"]).resolve()
         if not base_path.is_file():
             raise ConfigError(f"{path}: base: no such file {base_path}")
-        base = yaml.safe_load(base_path.read_text()) or {}
-    base = apply_overrides(base, _dotted(study.get("set") or {}))
-    grid = study.get("grid") or {}
+        base = _read_yaml(base_path, "base experiment")
+    base = apply_overrides(base, _dotted(_mapping(study, "set", path, "{train.epochs: 5}")))
+    grid = _mapping(study, "grid", path, "{seed: [0, 1]}")
     if any(not isinstance(v, list) or not v for v in grid.values()):
         raise ConfigError(f"{path}: grid: every axis needs a non-empty list of values")
-    variants = study.get("variants") or {"default": {}}
+    variants = _mapping(study, "variants", path, "{float: {}, static: {steps: [...]}}") or {"default": {}}
+    for variant, changes in variants.items():
+        if changes is not None and not isinstance(changes, dict):
+            raise ConfigError(f"{path}: variants: {variant}: expected a mapping of changes, got a {type(changes).__name__}")
     planned = []
     for values in itertools.product(*grid.values()):
         point = dict(zip(grid, values))

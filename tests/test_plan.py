@@ -54,3 +54,45 @@ def test_seed_table_layout(tmp_path):
     assert "1.266" in lines[2] and "0.471" in lines[2]  # MB on disk
     assert "NA" in lines[6] and "23.90" in lines[6]      # float has no quantization error
     assert "0.064" in lines[5] and "0.010" in lines[7]   # rel. L2; +0.01 points vs float
+
+
+def test_a_nested_mapping_changes_only_the_keys_it_names(tmp_path):
+    path = _study(tmp_path, "base: base.yaml\nset:\n  train: {epochs: 1}\nvariants:\n  a: {model: {options: {zero_init_residual: true}}}\n")
+    config = load_study(path)[0].config
+    base = tiny_config()["train"]
+    assert config.train.epochs == 1 and config.train.lr == base["lr"] and config.train.batch_size == base["batch_size"]
+    assert config.model.name == "resnet20" and config.model.options == {"zero_init_residual": True}
+
+
+@pytest.mark.parametrize("body, match", [
+    ("base: base.yaml\nvariants: [a, b]\n", "variants: expected a mapping"),
+    ("base: base.yaml\ngrid: [seed]\n", "grid: expected a mapping"),
+    ("base: base.yaml\nvariants:\n  a: 3\n", "variants: a: expected a mapping"),
+    ("base: base.yaml\nset: {train.epochs: [1\n", "not valid YAML"),
+    ("- just\n- a list\n", "mapping of keys to values"),
+])
+def test_a_malformed_study_file_fails_in_one_sentence(tmp_path, body, match):
+    with pytest.raises(ConfigError, match=match):
+        load_study(_study(tmp_path, body))
+
+
+def test_a_failed_run_does_not_stop_the_study(tmp_path, monkeypatch):
+    import slimlab.executors.local as local
+
+    path = _study(tmp_path, "base: base.yaml\nvariants:\n  broken: {train.epochs: 1}\n  fine: {train.epochs: 2}\n")
+    planned = load_study(path)
+    calls = []
+
+    def fake_run(config, store, progress=True):
+        calls.append(config.train.epochs)
+        if config.train.epochs == 1:
+            store.start("broken", config.model_dump(mode="json"), config.name)  # as slimlab.run does, before raising
+            raise RuntimeError("onnxruntime is not installed")
+        return "ok"
+
+    monkeypatch.setattr(local, "run", fake_run)
+    monkeypatch.setattr(local, "config_hash", lambda config: "broken")
+    store = Store(tmp_path / "store")
+    records = local.run_all(planned, store, progress=False)
+    assert calls == [1, 2] and records[1] == "ok"
+    assert records[0].status == "failed" and "onnxruntime is not installed" in records[0].error

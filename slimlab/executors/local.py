@@ -3,16 +3,30 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
+from slimlab.config import config_hash
 from slimlab.plan import PlannedRun
 from slimlab.run import run
 from slimlab.store import RunRecord, Store
 
 
 def run_all(planned: list[PlannedRun], store: Store, progress: bool = True) -> list[RunRecord]:
-    """Run every planned experiment not yet done; return their records in plan order."""
+    """Run every planned experiment not yet done; return their records in plan order.
+
+    A run that raises (a missing optional package, a user model that fails to build) is already recorded as failed
+    with its reason; it is reported in one line and the study goes on. Ctrl-C stops the study."""
     records = []
     bar = tqdm(planned, desc="study", unit="run", disable=not progress)
     for item in bar:
         bar.set_postfix_str(item.label)
-        records.append(run(item.config, store, progress=progress))
+        try:
+            records.append(run(item.config, store, progress=progress))
+        except Exception as exc:  # noqa: BLE001 - any run's failure is the run's, not the study's
+            tqdm.write(f"slimlab: run {item.label} failed: {type(exc).__name__}: {exc}")
+            run_id = config_hash(item.config)
+            record = store.get(run_id)
+            if record is None:  # it failed before the run was recorded
+                store.start(run_id, item.config.model_dump(mode="json"), item.config.name)
+            if record is None or record.status != "failed":
+                store.fail(run_id, f"{type(exc).__name__}: {exc}")
+            records.append(store.get(run_id))
     return records
