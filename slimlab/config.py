@@ -192,7 +192,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, value = text.split("=", 1)
     if not key.strip():
         raise ConfigError(f"--set {text!r}: empty key")
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML (to pass it as a string, put it in quotes)") from None
+    return key.strip().split("."), parsed
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

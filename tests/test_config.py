@@ -63,6 +63,8 @@ def test_overrides_are_typed_yaml():
 def test_bad_override_syntax_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_config(overrides=["train.epochs"])
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(overrides=["model.name=@x"])
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "missing.yaml")
 

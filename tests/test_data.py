@@ -128,6 +128,26 @@ def test_image_folder_decodes_once_into_a_cache(tmp_path, as_archive):
     assert torch.equal(again.train.images, ds.train.images)
 
 
+def test_image_folder_skips_macos_metadata_and_names_an_unreadable_image(tmp_path):
+    root = tmp_path / "pets"
+    _write_pngs(root / "train", ["cat", "dog"], 2)
+    _write_pngs(root / "test", ["cat", "dog"], 1)
+    (root / "__MACOSX" / "train" / "cat").mkdir(parents=True)
+    (root / "__MACOSX" / "train" / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (root / "train" / "cat" / "._1.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    ds = load_dataset("imagefolder", DatasetRequest((), tmp_path / "cache", False, path=root, options={"progress": False}))
+    assert ds.classes == ("cat", "dog") and len(ds.train) == 4
+    (root / "train" / "dog" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataNotFoundError, match="train/dog/broken.png is not a readable image"):
+        load_dataset("imagefolder", DatasetRequest((), tmp_path / "cache2", False, path=root, options={"progress": False}))
+
+
+def test_a_validation_split_as_large_as_the_training_set_is_a_config_error():
+    split = ImageSplit(torch.zeros(10, 1, 1, 1, dtype=torch.uint8), torch.zeros(10, dtype=torch.long))
+    with pytest.raises(ConfigError, match="data.val_size=10 leaves no training images"):
+        split_validation(split, 10, seed=0)
+
+
 def test_image_folder_without_split_carves_a_fixed_test_set(tmp_path):
     _write_pngs(tmp_path / "flat", ["a", "b"], 10)
     req = DatasetRequest((), tmp_path / "cache", False, path=tmp_path / "flat", options={"progress": False, "test_fraction": 0.2})

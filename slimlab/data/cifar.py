@@ -12,7 +12,7 @@ import torch
 
 from slimlab.data import DatasetRequest, ImageDataset, ImageSplit, register_dataset
 from slimlab.data.files import fetch
-from slimlab.errors import DataNotFoundError
+from slimlab.errors import ConfigError, DataNotFoundError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
@@ -105,7 +105,7 @@ def load_cifar100(request: DatasetRequest) -> ImageDataset:
     """CIFAR-100 from cifar-100-python; `options.labels` picks fine (100) or coarse (20) labels."""
     labels = request.options.get("labels", "fine")
     if labels not in ("fine", "coarse"):
-        raise ValueError(f"data.options.labels must be 'fine' or 'coarse', got {labels!r}")
+        raise ConfigError(f"data.options.labels must be 'fine' or 'coarse', got {labels!r}")
     source = _locate(request, "cifar-100-python", "cifar-100-python.tar.gz", CIFAR100_URL, CIFAR100_SHA256)
     raw = {k: load_pickle_batch(v) for k, v in _read_members(source, "cifar-100-python", ["train", "test", "meta"]).items()}
     names = raw["meta"][f"{labels}_label_names"]

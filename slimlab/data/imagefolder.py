@@ -34,7 +34,10 @@ def _entries_from_folder(folder: Path):
 
 
 def _split_of(parts: tuple[str, ...]) -> tuple[str, str, str] | None:
-    """(split, class, file) from a path such as [root/]train/cat/0001.jpg; a path without train/test is 'all'."""
+    """(split, class, file) from a path such as [root/]train/cat/0001.jpg; a path without train/test is 'all'.
+    Hidden files and macOS archive metadata (`._x.jpg`, `__MACOSX/`) are not images."""
+    if any(part.startswith(".") or part == "__MACOSX" for part in parts):
+        return None
     for i, part in enumerate(parts[:-2]):
         if part in ("train", "test") and len(parts) - i == 3:
             return part, parts[i + 1], parts[-1]
@@ -60,11 +63,14 @@ def decode_image_folder(source: Path, image_size: int | None, test_fraction: flo
     class_index = {c: i for i, c in enumerate(classes)}
     arrays, labels, splits = [], [], []
     for (split, cls, name), data in tqdm(items, desc="decoding", unit="img", disable=not progress, mininterval=1):
-        with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB")
-            if image_size:
-                img = img.resize((image_size, image_size), Image.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                img = img.convert("RGB")
+                if image_size:
+                    img = img.resize((image_size, image_size), Image.BILINEAR)
+                arr = np.asarray(img, dtype=np.uint8)
+        except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+            raise DataNotFoundError(f"{source}: {split}/{cls}/{name} is not a readable image ({exc}); remove it") from None
         if arrays and arr.shape != arrays[0].shape:
             raise DataNotFoundError(f"{source}: image {split}/{cls}/{name} is {arr.shape[:2]}, others {arrays[0].shape[:2]}; set data.options.image_size to resize")
         arrays.append(arr)

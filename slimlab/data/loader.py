@@ -12,7 +12,8 @@ def split_validation(train: ImageSplit, val_size: int, seed: int) -> tuple[Image
     if val_size <= 0:
         return train, ImageSplit(train.images[:0], train.labels[:0])
     if val_size >= len(train):
-        raise ValueError(f"data.val_size={val_size} leaves no training images (train has {len(train)})")
+        raise ConfigError(f"data.val_size={val_size} leaves no training images (the training set has {len(train)}); "
+                          "set a smaller data.val_size, or 0")
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     return train.subset(perm[val_size:].sort().values), train.subset(perm[:val_size].sort().values)
 
