@@ -3,14 +3,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from slimlab.errors import SlimlabError
 
 
-def _store(args):
+def _store(args, must_exist: bool = False):
+    """The result store; commands that only read it refuse a folder that holds none (a mistyped --store)."""
+    from pathlib import Path
+
     from slimlab.store import Store
 
+    if must_exist and not (Path(args.store) / "index.sqlite").is_file():
+        raise SlimlabError(f"no slimlab store at {args.store} (no index.sqlite there); pass --store DIR or set SLIMLAB_STORE")
     return Store(args.store)
 
 
@@ -22,9 +28,9 @@ def cmd_run(args) -> int:
     store = _store(args)
     run_id = config_hash(config)
     existing = store.get(run_id)
-    if existing is not None and existing.status == "done" and not args.force:
-        _say(args, f"run {run_id} is already done; skipped (use --force to run it again)")
-    record = run(config, store, progress=not args.quiet and not args.json, force=args.force)
+    if existing is not None and existing.status == "done" and not (args.force or args.retrain):
+        _say(args, f"run {run_id} is already done; skipped (--force runs it again, --retrain trains it again too)")
+    record = run(config, store, progress=not args.quiet and not args.json, force=args.force, retrain=args.retrain)
     if args.json:
         print(json.dumps(record.to_json(), sort_keys=True))
     else:
@@ -51,12 +57,12 @@ def cmd_study(args) -> int:
 def cmd_table(args) -> int:
     from slimlab.report.seed_table import seed_table
 
-    print(seed_table(_store(args).runs(), args.study))
+    print(seed_table(_store(args, must_exist=True).runs(), args.study))
     return 0
 
 
 def cmd_runs(args) -> int:
-    records = _store(args).runs(args.status)
+    records = _store(args, must_exist=True).runs(args.status)
     if args.json:
         for r in records:
             print(json.dumps(r.to_json(), sort_keys=True))
@@ -75,7 +81,7 @@ def cmd_runs(args) -> int:
 
 
 def cmd_show(args) -> int:
-    matches = _store(args).find(args.id)
+    matches = _store(args, must_exist=True).find(args.id)
     if not matches:
         raise SlimlabError(f"no run with id starting '{args.id}' in {args.store}")
     if len(matches) > 1:
@@ -134,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_store(p):
-        p.add_argument("--store", default="store", help="result store folder (default: ./store)")
+        p.add_argument("--store", default=os.environ.get("SLIMLAB_STORE", "store"),
+                       help="result store folder (default: $SLIMLAB_STORE, else ./store)")
         return p
 
     p = with_store(sub.add_parser("run", help="run one experiment from a YAML file"))
@@ -142,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=5")
     p.add_argument("--json", action="store_true", help="print the run record as one JSON object, no progress bars")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--force", action="store_true", help="run again even if a run with this config is done")
+    p.add_argument("--force", action="store_true", help="run again even if a run with this config is done "
+                   "(a finished training of the same training config is reused)")
+    p.add_argument("--retrain", action="store_true", help="like --force, and train again from scratch too")
     p.set_defaults(fn=cmd_run)
 
     p = with_store(sub.add_parser("study", help="run every experiment of a study file (grid x variants), skipping done ones"))

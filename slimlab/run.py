@@ -118,8 +118,13 @@ class StepContext:
         return loader
 
 
-def run(config: ExperimentConfig, store: Store | str | Path = DEFAULT_STORE, progress: bool = True, force: bool = False) -> RunRecord:
-    """Train, compress, measure and record one experiment; a `done` run with the same config is returned without work."""
+def run(config: ExperimentConfig, store: Store | str | Path = DEFAULT_STORE, progress: bool = True, force: bool = False,
+        retrain: bool = False) -> RunRecord:
+    """Train, compress, measure and record one experiment; a `done` run with the same config is returned without work.
+
+    `force` runs a done run again, reusing a finished training of the same training config; `retrain` (which
+    implies `force`) trains again from scratch too, e.g. after a change to the training code."""
+    force = force or retrain
     store = store if isinstance(store, Store) else Store(store)
     run_id = config_hash(config)
     existing = store.get(run_id)
@@ -128,7 +133,7 @@ def run(config: ExperimentConfig, store: Store | str | Path = DEFAULT_STORE, pro
     config_json = config.model_dump(mode="json")
     store.start(run_id, config_json, config.name)
     try:
-        metrics, notes, env, history = _execute(config, run_id, store, progress)
+        metrics, notes, env, history = _execute(config, run_id, store, progress, retrain)
     except TrainingDiverged as exc:
         store.fail(run_id, str(exc))
         return store.get(run_id)
@@ -139,7 +144,7 @@ def run(config: ExperimentConfig, store: Store | str | Path = DEFAULT_STORE, pro
     return store.get(run_id)
 
 
-def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool):
+def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool, retrain: bool = False):
     # Import the step modules now: a run of hours must not import, after training, code that changed on disk meanwhile.
     kinds = step_kinds()
     data = prepare_data(config, progress)
@@ -151,7 +156,7 @@ def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool
         model = model.to(memory_format=torch.channels_last)
 
     snapshots: dict[int, dict] = {}
-    history, energy = _train_stage(config, model, data, store, progress, snapshots)
+    history, energy = _train_stage(config, model, data, store, progress, snapshots, retrain)
     train_seconds = sum(r["seconds"] for r in history)
 
     key = training_hash(config)
@@ -205,16 +210,17 @@ class _EpochSnapshots:
             self.save(epoch + 1, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
 
 
-def _train_stage(config, model, data: Prepared, store: Store, progress: bool, snapshots: dict[int, dict]):
-    """Train once per training config: checkpoints each epoch, resume after a kill, reuse a finished training."""
+def _train_stage(config, model, data: Prepared, store: Store, progress: bool, snapshots: dict[int, dict], retrain: bool = False):
+    """Train once per training config: checkpoints each epoch, resume after a kill, reuse a finished training
+    (unless `retrain`, which starts from scratch and replaces what was stored)."""
     meter = measure.EnergyMeter(data.device, enabled=config.measure.energy)
     if config.train.epochs == 0:
         meter.reason = "no training"
         return [], meter
     key = training_hash(config)
     wanted = _snapshot_epochs(config)
-    finished = store.load_training_file(key, TRAINED_WEIGHTS)
-    for epoch in wanted:
+    finished = None if retrain else store.load_training_file(key, TRAINED_WEIGHTS)
+    for epoch in wanted if not retrain else ():
         if (saved := store.load_training_file(key, f"weights_epoch{epoch}.pt")) is not None:
             snapshots[epoch] = saved
     if finished is not None and wanted <= set(snapshots):
@@ -226,7 +232,7 @@ def _train_stage(config, model, data: Prepared, store: Store, progress: bool, sn
         snapshots[epoch] = state
         store.save_training_file(key, f"weights_epoch{epoch}.pt", state)
 
-    saved = store.load_training_file(key, store.CHECKPOINT)
+    saved = None if retrain else store.load_training_file(key, store.CHECKPOINT)
     resume = TrainState.from_dict(saved) if saved else None
     if resume is not None and wanted - set(snapshots) and min(wanted - set(snapshots)) <= resume.epoch:
         resume = None  # a snapshot epoch was passed before it was asked for: train again from the start

@@ -56,6 +56,19 @@ def test_done_run_is_skipped(store_dir, monkeypatch):
     assert again.id == first.id and again.metrics == first.metrics
 
 
+def test_force_reuses_the_training_and_retrain_trains_again(store_dir, monkeypatch):
+    config = build_config(tiny_config())
+    slimlab.run(config, store_dir, progress=False)
+    trainings = []
+    original = sys.modules["slimlab.run"].train
+    monkeypatch.setattr(sys.modules["slimlab.run"], "train", lambda *a, **k: trainings.append(k.get("resume")) or original(*a, **k))
+    forced = slimlab.run(config, store_dir, progress=False, force=True)
+    assert forced.status == "done" and trainings == []
+    retrained = slimlab.run(config, store_dir, progress=False, retrain=True)
+    assert retrained.status == "done" and trainings == [None]  # from scratch, not resumed from the old checkpoint
+    assert retrained.metrics["top1"] == forced.metrics["top1"]  # the same seed on the CPU trains the same model
+
+
 def test_runs_differing_after_training_share_one_training(store_dir, monkeypatch):
     first = slimlab.run(build_config(tiny_config()), store_dir, progress=False)
     monkeypatch.setattr(sys.modules["slimlab.run"], "train", lambda *a, **k: pytest.fail("trained twice"))
@@ -177,3 +190,10 @@ def test_energy_switched_off_is_absent_and_says_so():
     with EnergyMeter(torch.device("cpu"), enabled=False) as meter:
         pass
     assert meter.joules is None and "measure.energy" in meter.reason
+
+
+def test_reading_a_store_that_is_not_there_is_a_one_line_error(tmp_path):
+    from slimlab.cli import main
+
+    missing = tmp_path / "typo_store"
+    assert main(["runs", "--store", str(missing)]) == 2 and not missing.exists()  # not created by a read
