@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slimlab.errors import ConfigError
+from slimlab.fingerprint import content_fingerprint
 
 # Bump whenever a field is added, removed or changes meaning: the run id changes with it, so old results
 # are never silently reused under a new meaning (a golden-hash test pins the current value).
@@ -171,17 +172,26 @@ def canonical_json(config: ExperimentConfig) -> str:
     return json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
 
+def input_fingerprints(config: ExperimentConfig) -> str:
+    """The contents of the files the config names by path (`model.weights`, `data.path`): a replaced checkpoint or
+    a changed image folder is a new run, not the old results under the same path. Empty when it names none."""
+    named = {"model.weights": config.model.weights, "data.path": config.data.path}
+    found = {key: content_fingerprint(Path(value)) for key, value in named.items() if value and Path(value).exists()}
+    return f":inputs:{json.dumps(found, sort_keys=True)}" if found else ""
+
+
 def config_hash(config: ExperimentConfig) -> str:
-    """The run id: a hash of the schema version and the whole canonical config (defaults included)."""
-    payload = f"slimlab-schema-{SCHEMA_VERSION}:{canonical_json(config)}"
+    """The run id: a hash of the schema version, the whole canonical config (defaults included) and the contents
+    of the files it names."""
+    payload = f"slimlab-schema-{SCHEMA_VERSION}:{canonical_json(config)}{input_fingerprints(config)}"
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def training_hash(config: ExperimentConfig) -> str:
-    """Key of the training stage alone (seed, data, model, train): runs that differ only in steps or measurement
-    share one trained model, so a study's dense parent is trained once."""
+    """Key of the training stage alone (seed, data, model, train, and the files they name): runs that differ only
+    in steps or measurement share one trained model, so a study's dense parent is trained once."""
     payload = config.model_dump(mode="json", include={"seed", "data", "model", "train"})
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":")) + input_fingerprints(config)
     return hashlib.sha256(f"slimlab-schema-{SCHEMA_VERSION}:train:{text}".encode()).hexdigest()[:16]
 
 

@@ -86,3 +86,29 @@ def test_list_items_can_be_overridden():
     assert apply_overrides(raw, ["steps.0.amount=0.8"])["steps"][0]["amount"] == 0.8
     with pytest.raises(ConfigError, match="not an index"):
         apply_overrides(raw, ["steps.3.amount=0.8"])
+
+
+def test_the_run_id_follows_the_contents_of_the_files_a_config_names(tmp_path):
+    import torch
+
+    from slimlab.config import training_hash
+    from slimlab.models import create_model
+
+    checkpoint = tmp_path / "mine.pt"
+    torch.manual_seed(0)
+    torch.save(create_model("resnet20").state_dict(), checkpoint)
+    config = build_config({"model": {"name": "resnet20", "weights": str(checkpoint)}, "train": {"epochs": 0}})
+    before = config_hash(config), training_hash(config)
+    assert config_hash(config) == before[0]  # stable while the file is unchanged
+    torch.manual_seed(1)
+    torch.save(create_model("resnet20").state_dict(), checkpoint)  # the user retrained: same path, new weights
+    after = config_hash(config), training_hash(config)
+    assert after[0] != before[0] and after[1] != before[1]
+
+    folder = tmp_path / "photos" / "cat"
+    folder.mkdir(parents=True)
+    (folder / "1.png").write_bytes(b"x")
+    images = build_config({"data": {"name": "imagefolder", "path": str(tmp_path / "photos")}})
+    first = config_hash(images)
+    (folder / "2.png").write_bytes(b"y")
+    assert config_hash(images) != first

@@ -10,14 +10,7 @@ from pathlib import Path
 import torch
 
 from slimlab.errors import DataNotFoundError
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from slimlab.fingerprint import sha256_of
 
 
 def find_file(relative: str, roots: tuple[Path, ...]) -> Path | None:

@@ -11,7 +11,8 @@ import torch
 
 from slimlab.data import DatasetRequest, ImageDataset, ImageSplit, register_dataset
 from slimlab.data.cifar import CIFAR10_MEAN, CIFAR10_STD
-from slimlab.data.files import fetch, load_tensors, save_tensors_atomic, sha256_of
+from slimlab.data.files import fetch, load_tensors, save_tensors_atomic
+from slimlab.fingerprint import content_fingerprint
 from slimlab.errors import DataNotFoundError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
@@ -92,18 +93,11 @@ def decode_image_folder(source: Path, image_size: int | None, test_fraction: flo
             "test_images": images[test_idx], "test_labels": labels_t[test_idx]}
 
 
-def _fingerprint(source: Path) -> str:
-    if source.is_file():
-        return sha256_of(source)
-    listing = "\n".join(f"{p.relative_to(source)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(source.rglob("*")) if p.is_file())
-    return hashlib.sha256(listing.encode()).hexdigest()
-
-
 def load_image_folder(source: Path, cache_dir: Path, name: str, options: dict) -> ImageDataset:
     """Decode `source` (folder or archive) into a cached uint8 tensor file, keyed by its content, and load it."""
     image_size = options.get("image_size")
     test_fraction = float(options.get("test_fraction", 0.1))
-    key = hashlib.sha256(f"{_fingerprint(source)}:{image_size}:{test_fraction}:{CACHE_FORMAT}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{content_fingerprint(source)}:{image_size}:{test_fraction}:{CACHE_FORMAT}".encode()).hexdigest()[:16]
     cache = Path(cache_dir).expanduser() / f"{name}-{key}.pt"
     if cache.exists():
         blob = load_tensors(cache)
