@@ -96,3 +96,13 @@ def test_a_failed_run_does_not_stop_the_study(tmp_path, monkeypatch):
     records = local.run_all(planned, store, progress=False)
     assert calls == [1, 2] and records[1] == "ok"
     assert records[0].status == "failed" and "onnxruntime is not installed" in records[0].error
+
+
+def test_seed_table_keeps_one_column_per_grid_point(tmp_path):
+    store = Store(tmp_path / "store")
+    for seed, top1 in ((0, 86.1), (1, 86.7)):
+        store.start(f"id{seed}", {"data": {"name": "cifar10_jpeg"}}, f"seed-q:float/seed={seed}/data.name=cifar10_jpeg")
+        store.finish(f"id{seed}", {"top1": top1}, {}, {}, [])
+    header, accuracy = seed_table(store.runs(), "seed-q").splitlines()[:2]
+    assert "float/seed=0 | cifar10_jpeg" in header and "float/seed=1 | cifar10_jpeg" in header
+    assert "86.10" in accuracy and "86.70" in accuracy

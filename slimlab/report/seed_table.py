@@ -20,14 +20,16 @@ def study_runs(records: list[RunRecord], study: str) -> list[RunRecord]:
 
 
 def seed_table(records: list[RunRecord], study: str) -> str:
-    """A plain-text table: one column per (variant, dataset), in the order the runs were created. A variant run
-    again under a changed config (an edited study file, a newer schema) shows its latest run only."""
+    """A plain-text table: one column per variant and grid point (the dataset shown apart), in the order the runs
+    were created. A column run again under a changed config (an edited study file, a newer schema) shows its latest
+    run only."""
     runs = study_runs(records, study)
     if not runs:
         return f"no finished runs of study '{study}'"
     latest: dict[tuple[str, str], RunRecord] = {}
     for r in runs:  # oldest first, so the newest run of a column wins while the column keeps its first place
-        latest[(r.name.split(":", 1)[1].split("/")[0], r.config["data"]["name"])] = r
+        label = "/".join(part for part in r.name.split(":", 1)[1].split("/") if not part.startswith("data.name="))
+        latest[(label, r.config["data"]["name"])] = r
     columns = [(variant, data, r) for (variant, data), r in latest.items()]
     headers = [f"{variant} | {data}" for variant, data, _ in columns]
     width = max(len(label) for label, _ in SEED_ROWS)
