@@ -142,6 +142,17 @@ def test_image_folder_skips_macos_metadata_and_names_an_unreadable_image(tmp_pat
         load_dataset("imagefolder", DatasetRequest((), tmp_path / "cache2", False, path=root, options={"progress": False}))
 
 
+@pytest.mark.parametrize("stray", ["val/cat", "train/cat/extra"])
+def test_image_folder_with_train_and_test_refuses_images_outside_them(tmp_path, stray):
+    root = tmp_path / "pets"
+    _write_pngs(root / "train", ["cat", "dog"], 2)
+    _write_pngs(root / "test", ["cat", "dog"], 1)
+    (root / stray).mkdir(parents=True, exist_ok=True)
+    (root / stray / "odd.png").write_bytes((root / "train" / "cat" / "000.png").read_bytes())
+    with pytest.raises(DataNotFoundError, match=f"{stray}/odd.png is outside train/CLASS/ and test/CLASS/"):
+        load_dataset("imagefolder", DatasetRequest((), tmp_path / "cache", False, path=root, options={"progress": False}))
+
+
 def test_a_validation_split_as_large_as_the_training_set_is_a_config_error():
     split = ImageSplit(torch.zeros(10, 1, 1, 1, dtype=torch.uint8), torch.zeros(10, dtype=torch.long))
     with pytest.raises(ConfigError, match="data.val_size=10 leaves no training images"):

@@ -53,12 +53,18 @@ def decode_image_folder(source: Path, image_size: int | None, test_fraction: flo
     from tqdm import tqdm
 
     entries = _entries_from_archive(source) if source.is_file() else _entries_from_folder(source)
-    items = []
+    items, paths = [], []
     for parts, data in tqdm(entries, desc=f"reading {source.name}", unit="img", disable=not progress, mininterval=1):
         if (where := _split_of(parts)) is not None:
             items.append((where, data))
+            paths.append(parts)
     if not items:
         raise DataNotFoundError(f"{source} holds no images in class sub-folders (class/NAME.jpg or train|test/class/NAME.jpg)")
+    split_folders = [w for w, _ in items if w[0] != "all"]
+    stray = next((parts for parts, w in zip(paths, items) if w[0][0] == "all"), None) if split_folders else None
+    if stray is not None:  # pooling them would silently ignore the user's train/test split
+        raise DataNotFoundError(f"{source}: {'/'.join(stray)} is outside train/CLASS/ and test/CLASS/ (a val/ folder, or a "
+                                "deeper sub-folder); with train/ and test/ folders every image must sit directly in one")
     items.sort(key=lambda it: it[0])
     classes = sorted({w[1] for w, _ in items})
     class_index = {c: i for i, c in enumerate(classes)}
