@@ -48,6 +48,17 @@ class DataConfig(Strict):
             raise ValueError(f"unknown dataset '{v}'; known: {', '.join(list_datasets())}")
         return v
 
+    @model_validator(mode="after")
+    def _known_options(self):
+        from slimlab.data import dataset_options
+
+        accepted = dataset_options(self.name)
+        unknown = sorted(set(self.options) - set(accepted) - {"progress"})
+        if unknown:
+            raise ValueError(f"data.options {', '.join(unknown)}: not read by dataset '{self.name}' "
+                             f"(it reads: {', '.join(accepted) or 'no options'})")
+        return self
+
 
 class ModelConfig(Strict):
     name: str = "resnet20"

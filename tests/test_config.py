@@ -44,6 +44,7 @@ def test_unknown_key_names_key_and_file(tmp_path):
     ("model.name=resnet21", "model.name"),
     ("data.name=imagenet", "data.name"),
     ("train.milestones=[0.8,0.2]", "train.milestones"),
+    ("data.options.image_sise=64", "data.options image_sise"),  # a typo in a dataset option is not ignored
 ])
 def test_bad_values_fail_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -66,16 +66,24 @@ class DatasetRequest:
 
 Loader = Callable[[DatasetRequest], ImageDataset]
 _REGISTRY: dict[str, tuple[Loader, str]] = {}
+_OPTIONS: dict[str, tuple[str, ...]] = {}  # the data.options keys each loader reads; any other key is a typo
 
 
-def register_dataset(name: str, description: str = ""):
-    """Register a loader function under `name`."""
+def register_dataset(name: str, description: str = "", options: tuple[str, ...] = ()):
+    """Register a loader function under `name`; `options` lists the data.options keys it reads."""
 
     def wrap(fn: Loader) -> Loader:
         _REGISTRY[name] = (fn, description or (fn.__doc__ or "").strip().splitlines()[0])
+        _OPTIONS[name] = tuple(options)
         return fn
 
     return wrap
+
+
+def dataset_options(name: str) -> tuple[str, ...]:
+    """The data.options keys a registered dataset accepts."""
+    _load_builtin()
+    return _OPTIONS.get(name, ())
 
 
 def list_datasets(pattern: str = "*") -> dict[str, str]:

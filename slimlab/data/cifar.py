@@ -100,7 +100,8 @@ def load_cifar10(request: DatasetRequest) -> ImageDataset:
     return ImageDataset("cifar10", train, test, classes, CIFAR10_MEAN, CIFAR10_STD, source=str(source))
 
 
-@register_dataset("cifar100", "CIFAR-100 (canonical python pickles; fine labels, or coarse with data.options.labels=coarse)")
+@register_dataset("cifar100", "CIFAR-100 (canonical python pickles; fine labels, or coarse with data.options.labels=coarse)",
+                  options=("labels",))
 def load_cifar100(request: DatasetRequest) -> ImageDataset:
     """CIFAR-100 from cifar-100-python; `options.labels` picks fine (100) or coarse (20) labels."""
     labels = request.options.get("labels", "fine")

@@ -117,7 +117,8 @@ def load_image_folder(source: Path, cache_dir: Path, name: str, options: dict) -
     return ImageDataset(name, train, test, tuple(blob["classes"]), mean, std, source=str(source), extra={"cache": str(cache)})
 
 
-@register_dataset("imagefolder", "Your images: class sub-folders (or train/ and test/ of them), a folder or .tar/.tar.xz; set data.path")
+@register_dataset("imagefolder", "Your images: class sub-folders (or train/ and test/ of them), a folder or .tar/.tar.xz; set data.path",
+                  options=("image_size", "test_fraction"))
 def load_user_image_folder(request: DatasetRequest) -> ImageDataset:
     """A user's image folder or archive given by data.path."""
     if request.path is None:
@@ -128,7 +129,8 @@ def load_user_image_folder(request: DatasetRequest) -> ImageDataset:
     return load_image_folder(source, request.cache_dir, "imagefolder", request.options)
 
 
-@register_dataset("cifar10_jpeg", "CIFAR-10 (JPEG copy, cifar10-jpeg.tar.xz, sha256-checked; 50k train, 10k test)")
+@register_dataset("cifar10_jpeg", "CIFAR-10 (JPEG copy, cifar10-jpeg.tar.xz, sha256-checked; 50k train, 10k test)",
+                  options=("image_size",))
 def load_cifar10_jpeg(request: DatasetRequest) -> ImageDataset:
     """The CIFAR-10 JPEG re-encoding: lossy, so figures from it say 'CIFAR-10 (JPEG copy)'."""
     archive = Path(request.path).expanduser() if request.path else fetch(CIFAR10_JPEG_ARCHIVE, request.roots, None, CIFAR10_JPEG_SHA256, False)

@@ -21,7 +21,7 @@ def make_synthetic(n: int, num_classes: int, size: int, channels: int, seed: int
 
 
 @register_dataset("synthetic", "Synthetic bands (options: train_size, test_size, num_classes, size, channels, "
-                  "sorted_by_class); for tests")
+                  "sorted_by_class); for tests", options=("train_size", "test_size", "num_classes", "size", "channels", "sorted_by_class"))
 def load_synthetic(request: DatasetRequest) -> ImageDataset:
     """Generated in memory; no files."""
     o = {"train_size": 512, "test_size": 256, "num_classes": 10, "size": 32, "channels": 3, "sorted_by_class": False, **request.options}
