@@ -264,3 +264,12 @@ def test_data_order_is_a_function_of_the_seed():
     loader = make(1)
     loader.set_epoch(1)
     assert [y.tolist() for _, y in loader] != first  # a new order each epoch
+
+
+def test_channel_statistics_in_chunks_match_the_whole_set():
+    from slimlab.data.imagefolder import channel_statistics
+
+    images = torch.randint(0, 256, (300, 3, 4, 4), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    mean, std = channel_statistics(images, chunk=37)
+    assert torch.allclose(torch.tensor(mean), images.float().mean(dim=(0, 2, 3)).double() / 255, atol=1e-6)
+    assert torch.allclose(torch.tensor(std), images.float().std(dim=(0, 2, 3)).double() / 255, atol=1e-6)

@@ -99,6 +99,21 @@ def decode_image_folder(source: Path, image_size: int | None, test_fraction: flo
             "test_images": images[test_idx], "test_labels": labels_t[test_idx]}
 
 
+def channel_statistics(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of uint8 NCHW images, in [0, 1], summed chunk by chunk in float64:
+    a float copy of a whole large image set would need gigabytes."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, len(images), chunk):
+        part = images[start:start + chunk].to(torch.float64)
+        total += part.sum(dim=(0, 2, 3))
+        squares += part.square().sum(dim=(0, 2, 3))
+    count = images.numel() // images.shape[1]
+    mean = total / count
+    std = ((squares / count - mean.square()) * count / max(1, count - 1)).clamp_min(0).sqrt()
+    return tuple((mean / 255).tolist()), tuple((std / 255).tolist())
+
+
 def load_image_folder(source: Path, cache_dir: Path, name: str, options: dict) -> ImageDataset:
     """Decode `source` (folder or archive) into a cached uint8 tensor file, keyed by its content, and load it."""
     image_size = options.get("image_size")
@@ -112,8 +127,7 @@ def load_image_folder(source: Path, cache_dir: Path, name: str, options: dict) -
         save_tensors_atomic(blob, cache)
     train = ImageSplit(blob["train_images"], blob["train_labels"])
     test = ImageSplit(blob["test_images"], blob["test_labels"])
-    mean = tuple((train.images.float().mean(dim=(0, 2, 3)) / 255).tolist()) if len(train) else (0.5,) * 3
-    std = tuple((train.images.float().std(dim=(0, 2, 3)) / 255).tolist()) if len(train) else (0.25,) * 3
+    mean, std = channel_statistics(train.images) if len(train) else ((0.5,) * 3, (0.25,) * 3)
     return ImageDataset(name, train, test, tuple(blob["classes"]), mean, std, source=str(source), extra={"cache": str(cache)})
 
 
