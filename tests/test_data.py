@@ -271,5 +271,5 @@ def test_channel_statistics_in_chunks_match_the_whole_set():
 
     images = torch.randint(0, 256, (300, 3, 4, 4), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
     mean, std = channel_statistics(images, chunk=37)
-    assert torch.allclose(torch.tensor(mean), images.float().mean(dim=(0, 2, 3)).double() / 255, atol=1e-6)
-    assert torch.allclose(torch.tensor(std), images.float().std(dim=(0, 2, 3)).double() / 255, atol=1e-6)
+    assert torch.allclose(torch.tensor(mean, dtype=torch.float64), images.double().mean(dim=(0, 2, 3)) / 255, atol=1e-9)
+    assert torch.allclose(torch.tensor(std, dtype=torch.float64), images.double().std(dim=(0, 2, 3)) / 255, atol=1e-9)
