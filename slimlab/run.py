@@ -5,7 +5,7 @@ import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -119,11 +119,13 @@ class StepContext:
 
 
 def run(config: ExperimentConfig, store: Store | str | Path = DEFAULT_STORE, progress: bool = True, force: bool = False,
-        retrain: bool = False) -> RunRecord:
+        retrain: bool = False, snapshot_epochs: Iterable[int] = ()) -> RunRecord:
     """Train, compress, measure and record one experiment; a `done` run with the same config is returned without work.
 
     `force` runs a done run again, reusing a finished training of the same training config; `retrain` (which
-    implies `force`) trains again from scratch too, e.g. after a change to the training code."""
+    implies `force`) trains again from scratch too, e.g. after a change to the training code. `snapshot_epochs`
+    are epochs whose weights the training keeps beyond those this config's steps rewind to: a study passes those
+    its other runs of the same training need, so that training happens once."""
     force = force or retrain
     store = store if isinstance(store, Store) else Store(store)
     run_id = config_hash(config)
@@ -133,7 +135,7 @@ def run(config: ExperimentConfig, store: Store | str | Path = DEFAULT_STORE, pro
     config_json = config.model_dump(mode="json")
     store.start(run_id, config_json, config.name)
     try:
-        metrics, notes, env, history = _execute(config, run_id, store, progress, retrain)
+        metrics, notes, env, history = _execute(config, run_id, store, progress, retrain, set(snapshot_epochs))
     except TrainingDiverged as exc:
         store.fail(run_id, str(exc))
         return store.get(run_id)
@@ -144,7 +146,8 @@ def run(config: ExperimentConfig, store: Store | str | Path = DEFAULT_STORE, pro
     return store.get(run_id)
 
 
-def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool, retrain: bool = False):
+def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool, retrain: bool = False,
+             extra_snapshots: set[int] = frozenset()):
     # Import the step modules now: a run of hours must not import, after training, code that changed on disk meanwhile.
     kinds = step_kinds()
     data = prepare_data(config, progress)
@@ -156,7 +159,7 @@ def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool
         model = model.to(memory_format=torch.channels_last)
 
     snapshots: dict[int, dict] = {}
-    history, energy = _train_stage(config, model, data, store, progress, snapshots, retrain)
+    history, energy = _train_stage(config, model, data, store, progress, snapshots, retrain, extra_snapshots)
     train_seconds = sum(r["seconds"] for r in history)
 
     key = training_hash(config)
@@ -194,7 +197,7 @@ def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool
     return metrics, notes, measure.environment(context.measure_device or device), context.history
 
 
-def _snapshot_epochs(config: ExperimentConfig) -> set[int]:
+def snapshot_epochs(config: ExperimentConfig) -> set[int]:
     """Epochs whose weights a step will rewind to (late rewinding), saved while training so nothing is replayed."""
     return {int(step["rewind_epoch"]) for step in config.steps if step.get("rewind_epoch")}
 
@@ -210,7 +213,8 @@ class _EpochSnapshots:
             self.save(epoch + 1, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
 
 
-def _train_stage(config, model, data: Prepared, store: Store, progress: bool, snapshots: dict[int, dict], retrain: bool = False):
+def _train_stage(config, model, data: Prepared, store: Store, progress: bool, snapshots: dict[int, dict], retrain: bool = False,
+                 extra_snapshots: set[int] = frozenset()):
     """Train once per training config: checkpoints each epoch, resume after a kill, reuse a finished training
     (unless `retrain`, which starts from scratch and replaces what was stored)."""
     meter = measure.EnergyMeter(data.device, enabled=config.measure.energy)
@@ -218,7 +222,7 @@ def _train_stage(config, model, data: Prepared, store: Store, progress: bool, sn
         meter.reason = "no training"
         return [], meter
     key = training_hash(config)
-    wanted = _snapshot_epochs(config)
+    wanted = snapshot_epochs(config) | {e for e in extra_snapshots if 0 < e <= config.train.epochs}
     finished = None if retrain else store.load_training_file(key, TRAINED_WEIGHTS)
     for epoch in wanted if not retrain else ():
         if (saved := store.load_training_file(key, f"weights_epoch{epoch}.pt")) is not None:

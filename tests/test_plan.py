@@ -83,7 +83,7 @@ def test_a_failed_run_does_not_stop_the_study(tmp_path, monkeypatch):
     planned = load_study(path)
     calls = []
 
-    def fake_run(config, store, progress=True):
+    def fake_run(config, store, progress=True, snapshot_epochs=()):
         calls.append(config.train.epochs)
         if config.train.epochs == 1:
             store.start("broken", config.model_dump(mode="json"), config.name)  # as slimlab.run does, before raising

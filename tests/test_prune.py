@@ -410,3 +410,26 @@ def test_an_onnxruntime_model_after_structured_pruning_reports_the_pruned_counts
     assert record.status == "done", record.error
     m = record.metrics
     assert (m["params"], m["macs"]) == (m["prune_params_after"], m["prune_macs_after"]) and m["params"] < 0.35 * m["prune_params_before"]
+
+
+def test_a_study_trains_its_parent_once_when_a_late_rewind_follows_a_float_run(tmp_path, monkeypatch):
+    import sys
+
+    import yaml
+
+    from slimlab.executors.local import run_all
+    from slimlab.plan import load_study
+    from slimlab.store import Store
+
+    base = _quick_config([]).model_dump(mode="json")
+    base.pop("name")
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    ticket = {"kind": "prune", "amount": 0.5, "after_round": "weight_rewind", "rewind_epoch": 1}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({
+        "base": "base.yaml", "set": {"train.epochs": 2},
+        "variants": {"float": {}, "late1": {"steps": [ticket]}, "late2": {"steps": [{**ticket, "rewind_epoch": 2}]}}}))
+    trainings = []
+    original = sys.modules["slimlab.run"].train
+    monkeypatch.setattr(sys.modules["slimlab.run"], "train", lambda *a, **k: trainings.append(1) or original(*a, **k))
+    records = run_all(load_study(tmp_path / "study.yaml"), Store(tmp_path / "store"), progress=False)
+    assert [r.status for r in records] == ["done"] * 3 and len(trainings) == 1  # the float run kept epochs 1 and 2

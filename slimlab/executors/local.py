@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-from slimlab.config import config_hash
+from collections import defaultdict
+
+from slimlab.config import config_hash, training_hash
 from slimlab.plan import PlannedRun
-from slimlab.run import run
+from slimlab.run import run, snapshot_epochs
 from slimlab.store import RunRecord, Store
 
 
@@ -14,12 +16,17 @@ def run_all(planned: list[PlannedRun], store: Store, progress: bool = True) -> l
 
     A run that raises (a missing optional package, a user model that fails to build) is already recorded as failed
     with its reason; it is reported in one line and the study goes on. Ctrl-C stops the study."""
+    # Epochs any run rewinds to, per shared training: the first run to train keeps them all, so no later run of the
+    # same training has to train it again to get an epoch the first one passed without saving.
+    wanted = defaultdict(set)
+    for item in planned:
+        wanted[training_hash(item.config)] |= snapshot_epochs(item.config)
     records = []
     bar = tqdm(planned, desc="study", unit="run", disable=not progress)
     for item in bar:
         bar.set_postfix_str(item.label)
         try:
-            records.append(run(item.config, store, progress=progress))
+            records.append(run(item.config, store, progress=progress, snapshot_epochs=wanted[training_hash(item.config)]))
         except Exception as exc:  # noqa: BLE001 - any run's failure is the run's, not the study's
             tqdm.write(f"slimlab: run {item.label} failed: {type(exc).__name__}: {exc}")
             run_id = config_hash(item.config)
