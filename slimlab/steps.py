@@ -6,7 +6,6 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ValidationError
 
-from slimlab.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,5 @@
 """Dataset readers on generated canonical files and on the real JPEG copy; the restricted unpickler; the loader."""
 import gzip
-import io
 import os
 import pickle
 import struct

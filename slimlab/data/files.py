@@ -1,7 +1,6 @@
 """Finding, verifying, downloading and atomically caching dataset files."""
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import urllib.request

@@ -12,8 +12,8 @@ import torch
 from slimlab.data import DatasetRequest, ImageDataset, ImageSplit, register_dataset
 from slimlab.data.cifar import CIFAR10_MEAN, CIFAR10_STD
 from slimlab.data.files import fetch, load_tensors, save_tensors_atomic
-from slimlab.fingerprint import content_fingerprint
 from slimlab.errors import DataNotFoundError
+from slimlab.fingerprint import content_fingerprint
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 CIFAR10_JPEG_ARCHIVE = "cifar10-jpeg.tar.xz"
@@ -60,9 +60,9 @@ def decode_image_folder(source: Path, image_size: int | None, test_fraction: flo
             paths.append(parts)
     if not items:
         raise DataNotFoundError(f"{source} holds no images in class sub-folders (class/NAME.jpg or train|test/class/NAME.jpg)")
-    split_folders = [w for w, _ in items if w[0] != "all"]
-    stray = next((parts for parts, w in zip(paths, items) if w[0][0] == "all"), None) if split_folders else None
-    if stray is not None:  # pooling them would silently ignore the user's train/test split
+    has_split_folders = any(where[0] != "all" for where, _ in items)
+    stray = next((parts for parts, (where, _) in zip(paths, items) if where[0] == "all"), None)
+    if has_split_folders and stray is not None:  # pooling them would silently ignore the user's train/test split
         raise DataNotFoundError(f"{source}: {'/'.join(stray)} is outside train/CLASS/ and test/CLASS/ (a val/ folder, or a "
                                 "deeper sub-folder); with train/ and test/ folders every image must sit directly in one")
     items.sort(key=lambda it: it[0])
