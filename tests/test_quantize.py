@@ -200,6 +200,30 @@ def test_on_class_sorted_data_subsets_and_the_calibration_sample_cover_every_cla
     assert len(first.unique()) >= 6
 
 
+class ConcatNet(nn.Module):
+    """Two branches joined by a plain torch.cat, their output ranges 20x apart (as DenseNet or Inception blocks can)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(16, 10)
+        with torch.no_grad():
+            self.b.weight.mul_(20), self.b.bias.mul_(20)
+
+    def forward(self, x):
+        return self.head(torch.cat([self.a(x), self.b(x)], 1).mean((2, 3)))
+
+
+def test_a_plain_concat_goes_to_fx_mode_instead_of_sharing_one_scale():
+    torch.manual_seed(0)
+    model = ConcatNet().eval()
+    batches = [torch.randn(16, 3, 16, 16) for _ in range(4)]
+    quantized = quantize_static_(copy.deepcopy(model), StaticConfig(observer="minmax"), batches)
+    assert graph_mode(quantized) == "fx"  # eager int8 runs but puts both branches on one scale: rel. L2 above 1
+    assert compare_logits(model, quantized, batches)["rel_l2"] < 0.3
+
+
 class UserNet(nn.Module):
     """Not written for eager quantization: plain `+` residual, functional ReLU, mean pooling."""
 

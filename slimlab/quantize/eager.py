@@ -62,18 +62,22 @@ def convert_eager_(model: nn.Module) -> nn.Module:
 
 
 def eager_ready(model: nn.Module, example: torch.Tensor, engine: str) -> bool:
-    """Whether `model` runs with int8 tensors between one pair of stubs (its adds go through FloatFunctional, etc.)."""
+    """Whether `model` runs with int8 tensors between one pair of stubs (its adds go through FloatFunctional, etc.).
+
+    Running is not enough: a plain torch.cat of int8 tensors runs, but forces every input onto the first one's
+    scale (torch only warns), which wrecks the output when the branches' ranges differ. FX handles it properly."""
     trial = copy.deepcopy(model).cpu().eval()
     previous = torch.backends.quantized.engine
     try:
         torch.backends.quantized.engine = engine
         fuse_(trial)
         prepare_eager_(trial, static_qconfig(engine, "minmax", per_channel=False), [])
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             trial(example)
             convert_eager_(trial)(example)
     except (RuntimeError, TypeError, AttributeError, AssertionError):
         return False  # typically "Could not run 'aten::add.out' with arguments from the 'QuantizedCPU' backend"
     finally:
         torch.backends.quantized.engine = previous
-    return True
+    return not any("must share the same quantization parameters" in str(w.message) for w in caught)
