@@ -54,6 +54,7 @@ def test_seed_table_layout(tmp_path):
     assert "1.266" in lines[2] and "0.471" in lines[2]  # MB on disk
     assert "NA" in lines[6] and "23.90" in lines[6]      # float has no quantization error
     assert "0.064" in lines[5] and "0.010" in lines[7]   # rel. L2; +0.01 points vs float
+    assert lines[8].startswith("Inference device") and "NA" in lines[8]  # these runs recorded no latency note
 
 
 def test_a_nested_mapping_changes_only_the_keys_it_names(tmp_path):
