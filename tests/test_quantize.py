@@ -224,6 +224,32 @@ def test_a_plain_concat_goes_to_fx_mode_instead_of_sharing_one_scale():
     assert compare_logits(model, quantized, batches)["rel_l2"] < 0.3
 
 
+class PreActivation(nn.Module):
+    """A batch norm that runs before its conv, named conv1/bn1/relu1, in a forward torch.fx cannot trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1, self.relu1, self.conv1 = nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)
+        self.add = FloatFunctional()
+        self.head = nn.Linear(8, 10)
+        with torch.no_grad():
+            self.bn1.running_mean.uniform_(-1, 1), self.bn1.weight.uniform_(0.5, 2)
+
+    def forward(self, x):
+        if x.shape[0] > 0:  # data-dependent control flow: not traceable
+            x = self.stem(x)
+        return self.head(self.add.add(x, self.conv1(self.relu1(self.bn1(x)))).mean((2, 3)))
+
+
+def test_fusion_guessed_from_names_is_checked_and_a_fused_skip_is_refused(trained):
+    torch.manual_seed(0)
+    with pytest.raises(SlimlabError, match="fusing PreActivation's conv-bn.*changed its output"):
+        quantize_static_(PreActivation().eval(), StaticConfig(observer="minmax"), [torch.randn(8, 3, 8, 8)])
+    with pytest.raises(ConfigError, match="'layer1.0.bn1' is fused into 'layer1.0.conv1'"):
+        quantize_static_(copy.deepcopy(trained), StaticConfig(observer="minmax", skip=("layer1.0.bn1",)), [torch.randn(4, 3, 32, 32)])
+
+
 class UserNet(nn.Module):
     """Not written for eager quantization: plain `+` residual, functional ReLU, mean pooling."""
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import fx, nn
 from torch.ao.quantization import fuse_modules, fuse_modules_qat
 
@@ -82,3 +83,28 @@ def fused_copy(model: nn.Module) -> nn.Module:
     reference = copy.deepcopy(model).cpu().eval()
     fuse_(reference)
     return reference
+
+
+def check_fusion(model: nn.Module, example: torch.Tensor, skip: list[str], tolerance: float = 1e-3) -> None:
+    """Refuse a fusion that changes what the model computes, or a skip that fusion would ignore.
+
+    An untraceable model is fused by layer names, which can pair a conv with a batch norm that runs before it
+    (pre-activation blocks). And a batch norm or ReLU fused into its conv is no longer a layer of its own, so
+    skipping it alone would leave the fused int8 layer in place."""
+    from slimlab.errors import ConfigError, SlimlabError
+
+    groups = fusable_groups(model)
+    for group in groups:
+        for name in group[1:]:
+            if name in skip:
+                raise ConfigError(f"skip: {name!r} is fused into {group[0]!r} for int8; skip {group[0]!r} to keep the whole "
+                                  f"group ({', '.join(group)}) in float")
+    reference = copy.deepcopy(model).cpu().eval()
+    with torch.no_grad():
+        expected = reference(example).float()
+        fuse_(reference)
+        got = reference(example).float()
+    if (got - expected).norm() > tolerance * expected.norm().clamp_min(1e-12):
+        raise SlimlabError(f"fusing {type(model).__name__}'s conv-bn(-relu) groups changed its output: torch.fx could not "
+                           "trace it, so the groups were guessed from the names convN/bnN/reluN, and one of them does not run "
+                           "in that order (a batch norm before its conv?); rename those layers, or make the forward traceable")

@@ -14,7 +14,7 @@ from slimlab.errors import SlimlabError
 from slimlab.quantize.configs import StaticConfig
 from slimlab.quantize.eager import StubbedForward, convert_eager_, eager_ready, prepare_eager_
 from slimlab.quantize.engines import register_engine
-from slimlab.quantize.fusion import fuse_, fused_copy
+from slimlab.quantize.fusion import check_fusion, fuse_, fused_copy
 from slimlab.quantize.fx import convert_graph, prepare_graph
 from slimlab.quantize.layers import is_quantized_layer, resolve_skip
 from slimlab.quantize.qconfigs import EAGER_BACKENDS, static_qconfig
@@ -30,6 +30,7 @@ def prepare_torch_(model: nn.Module, qconfig: QConfig, skip: Iterable[str], exam
     skip_names = resolve_skip(model, skip)
     if mode == "fx" or (mode == "auto" and not eager_ready(model, example.cpu(), engine)):
         return prepare_graph(model, qconfig, skip_names, example.cpu(), qat)
+    check_fusion(model, example.cpu(), skip_names)
     fuse_(model, qat=qat)
     return prepare_eager_(model, qconfig, skip_names, qat)
 
