@@ -235,6 +235,28 @@ def test_user_model_prunes_through_the_same_verbs():
     model(x).sum().backward()
 
 
+class ScaledHead(nn.Module):
+    """A learned per-feature scale on the pooled features: a (C,) parameter broadcast over an (N, C) tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 32, 3, padding=1)
+        self.gamma = nn.Parameter(torch.ones(32))
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.conv2(torch.relu(self.conv1(x)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1) * self.gamma)
+
+
+def test_a_parameter_broadcast_over_the_channels_blocks_their_pruning():
+    x = torch.randn(2, 3, 8, 8)
+    model = ScaledHead()
+    prune_ln_structured_(model, 0.5, x)
+    assert model.conv2.out_channels == 32 and model.conv1.out_channels == 8  # gamma ties conv2's channels; conv1's are free
+    assert model(x).shape == (2, 10)
+
+
 # --- sparse storage ----------------------------------------------------------------------------------------
 
 

@@ -202,6 +202,13 @@ def _visit_function(node: fx.Node, name: str, inputs: list, shape, spaces: _Spac
             if v.factor != same[0].factor:
                 spaces.block(v, f"{name} of tensors flattened differently")
             spaces.union(same[0].space, v.space)
+        # A lower-rank operand lines up with the trailing dimensions; if one of its sizes lands on the channel
+        # dimension (a (C,) scale on an (N, C) tensor), it would need slicing too, which the tracer does not do.
+        for n in node.all_input_nodes:
+            s = _shape(n)
+            if s is not None and len(shape) - 1 <= len(s) < len(shape) and s[len(s) - len(shape) + 1] != 1:
+                for v in same:
+                    spaces.block(v, f"{name} with a {tuple(s)} tensor broadcast over the channels")
         return same[0] if same else None
     if name in _FLATTEN:
         return _flatten(node, first, shape, spaces)
