@@ -129,9 +129,15 @@ def run(config: ExperimentConfig, store: Store | str | Path = DEFAULT_STORE, pro
     force = force or retrain
     store = store if isinstance(store, Store) else Store(store)
     run_id = config_hash(config)
-    existing = store.get(run_id)
-    if existing is not None and existing.status == "done" and not force:
-        return existing
+    with store.exclusive(f"run-{run_id}", f"slimlab: waiting for another process running {run_id}"):
+        existing = store.get(run_id)  # read under the lock: the other process may just have finished it
+        if existing is not None and existing.status == "done" and not force:
+            return existing
+        return _run_locked(config, run_id, store, progress, retrain, snapshot_epochs)
+
+
+def _run_locked(config: ExperimentConfig, run_id: str, store: Store, progress: bool, retrain: bool,
+                snapshot_epochs: Iterable[int]) -> RunRecord:
     config_json = config.model_dump(mode="json")
     store.start(run_id, config_json, config.name)
     try:
@@ -222,6 +228,14 @@ def _train_stage(config, model, data: Prepared, store: Store, progress: bool, sn
         meter.reason = "no training"
         return [], meter
     key = training_hash(config)
+    # Another process training the same parent (a second invocation of the study) finishes first; this one then
+    # finds its trained.pt instead of training it again.
+    with store.exclusive(f"train-{key}", f"slimlab: waiting for another process training {key}"):
+        return _train_or_reuse(config, model, data, store, progress, snapshots, retrain, extra_snapshots, key, meter)
+
+
+def _train_or_reuse(config, model, data: Prepared, store: Store, progress: bool, snapshots: dict[int, dict], retrain: bool,
+                    extra_snapshots: set[int], key: str, meter: measure.EnergyMeter):
     wanted = snapshot_epochs(config) | {e for e in extra_snapshots if 0 < e <= config.train.epochs}
     finished = None if retrain else store.load_training_file(key, TRAINED_WEIGHTS)
     for epoch in wanted if not retrain else ():

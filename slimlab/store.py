@@ -1,10 +1,12 @@
 """The only writer of results: an SQLite index (WAL) plus one directory per run, every file written atomically."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import sqlite3
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -77,6 +79,30 @@ class Store:
     def training_dir(self, training_key: str) -> Path:
         """Checkpoints of one training stage, shared by every run with the same seed, data, model and train config."""
         return self.root / "trained" / training_key
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str, waiting: str = ""):
+        """Hold a lock named `name` across processes (an flock on locks/NAME.lock, released if the process dies), so
+        two invocations of one study never run the same run, or train the same parent, at once. Prints `waiting`
+        while another process holds it. Without fcntl (Windows) it does not lock."""
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        path = self.root / "locks" / f"{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if waiting:
+                    print(waiting, file=sys.stderr, flush=True)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # --- lifecycle ---
     def start(self, run_id: str, config: dict, name: str = "") -> None:

@@ -197,3 +197,30 @@ def test_reading_a_store_that_is_not_there_is_a_one_line_error(tmp_path):
 
     missing = tmp_path / "typo_store"
     assert main(["runs", "--store", str(missing)]) == 2 and not missing.exists()  # not created by a read
+
+
+def test_a_second_process_waits_for_the_same_run_instead_of_repeating_it(tmp_path):
+    import threading
+
+    from slimlab.store import Store
+
+    store = Store(tmp_path / "store")
+    order = []
+    def second():
+        with store.exclusive("run-x"):
+            order.append("second")
+
+    with store.exclusive("run-x"):
+        # flock locks belong to open files, so a second open in this process contends like another process would
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        waiter.join(timeout=0.5)
+        assert waiter.is_alive()  # blocked while the lock is held
+        order.append("first")
+    waiter.join(timeout=5)
+    assert order == ["first", "second"]
+    config = build_config(tiny_config())
+    first = slimlab.run(config, store, progress=False)
+    with store.exclusive(f"run-{first.id}"):
+        pass  # released after the run: a later run of it is not stuck
+    assert slimlab.run(config, store, progress=False).id == first.id
