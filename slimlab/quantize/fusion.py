@@ -7,6 +7,8 @@ import torch
 from torch import fx, nn
 from torch.ao.quantization import fuse_modules, fuse_modules_qat
 
+from slimlab.errors import ConfigError, SlimlabError
+
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 NORMS = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}
 
@@ -91,8 +93,6 @@ def check_fusion(model: nn.Module, example: torch.Tensor, skip: list[str], toler
     An untraceable model is fused by layer names, which can pair a conv with a batch norm that runs before it
     (pre-activation blocks). And a batch norm or ReLU fused into its conv is no longer a layer of its own, so
     skipping it alone would leave the fused int8 layer in place."""
-    from slimlab.errors import ConfigError, SlimlabError
-
     groups = fusable_groups(model)
     for group in groups:
         for name in group[1:]:
