@@ -7,7 +7,6 @@ The dense parent is trained once and shared by both runs (same training config);
 from the store when started again.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -42,7 +41,7 @@ print(f"ticket - dense: {ticket['top1'] - ticket['float_top1']:+.2f} points (goa
       f"ticket - control: {ticket['top1'] - control['top1']:+.2f} points (goal: > 0)")
 # The study trained the parent and the ticket's rounds once, plus the control's own last round: the control's
 # metrics also count the parent and the rounds it reused, which this study did not pay for twice.
-control_history = json.loads((Path(args.store) / "runs" / rows["reinit"].id / "history.json").read_text())
+control_history = slimlab.Store(args.store).history(rows["reinit"].id)
 control_own = sum(rec.get("seconds", 0.0) for rec in control_history if "prune_round" in rec and not rec.get("reused"))
 print(f"runs: ticket {rows['none'].id}, control {rows['reinit'].id}; "
       f"study training time {ticket['total_train_seconds'] + control_own:.0f} s")

@@ -256,6 +256,17 @@ def build_config(raw: dict, source: str = "config") -> ExperimentConfig:
         raise ConfigError(f"{source}: {where}: {message}{got}{more}") from None
 
 
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    """A YAML file whose top level is a mapping; bad YAML or another shape is a one-line ConfigError naming `what`."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({what}): {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a {what} is a mapping of keys to values, not a {type(data).__name__}")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> ExperimentConfig:
     """Read a YAML experiment file (or start from `base`), apply `--set` overrides, validate."""
     raw: dict = dict(base or {})
@@ -265,11 +276,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
         source = str(path)
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections (data, model, train, ...)")
-        raw.update(loaded)
+        raw.update(read_yaml_mapping(path, "config file (sections data, model, train, ...)"))
     return build_config(apply_overrides(raw, list(overrides)), source)

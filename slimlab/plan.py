@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from slimlab.config import ExperimentConfig, apply_overrides, build_config
+from slimlab.config import ExperimentConfig, apply_overrides, build_config, read_yaml_mapping
 from slimlab.errors import ConfigError
 
 STUDY_KEYS = {"name", "base", "set", "grid", "variants"}
@@ -35,16 +35,6 @@ def _dotted(mapping: dict, prefix: str = "") -> list[str]:
     return overrides
 
 
-def _read_yaml(path: Path, what: str) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({what}): {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a {what} is a mapping of keys to values, not a {type(data).__name__}")
-    return data
-
-
 def _mapping(study: dict, key: str, path: Path, example: str) -> dict:
     value = study.get(key) or {}
     if not isinstance(value, dict):
@@ -57,7 +47,7 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> list[PlannedRun]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such study file")
-    study = _read_yaml(path, "study file")
+    study = read_yaml_mapping(path, "study file")
     unknown = set(study) - STUDY_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; a study has {', '.join(sorted(STUDY_KEYS))}")
@@ -67,7 +57,7 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> list[PlannedRun]:
         base_path = (path.parent / study["base"]).resolve()
         if not base_path.is_file():
             raise ConfigError(f"{path}: base: no such file {base_path}")
-        base = _read_yaml(base_path, "base experiment")
+        base = read_yaml_mapping(base_path, "base experiment")
     base = apply_overrides(base, _dotted(_mapping(study, "set", path, "{train.epochs: 5}")))
     grid = _mapping(study, "grid", path, "{seed: [0, 1]}")
     if any(not isinstance(v, list) or not v for v in grid.values()):

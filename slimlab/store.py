@@ -153,6 +153,10 @@ class Store:
             cols = [d[0] for d in db.execute("select * from runs limit 0").description]
         return _record(dict(zip(cols, row))) if row else None
 
+    def history(self, run_id: str) -> list[dict]:
+        """A finished run's per-epoch history (training, then what its steps trained or evaluated)."""
+        return json.loads((self.run_dir(run_id) / self.HISTORY).read_text())
+
     def find(self, prefix: str) -> list[RunRecord]:
         return [r for r in self.runs() if r.id.startswith(prefix)]
 

@@ -21,6 +21,7 @@ from slimlab.prune import (GradualPruning, LayerFilter, MaskKeeper, cubic_sparsi
                            snapshot, storage_report)
 from slimlab.prune.channel_groups import find_channel_groups
 from slimlab.prune.lottery import SnapshotAtEpoch, train_until_epoch
+from slimlab.store import Store
 from slimlab.train import train
 
 torch.set_num_threads(1)
@@ -396,7 +397,7 @@ def test_a_control_reuses_the_dense_parent_and_the_tickets_earlier_rounds(tmp_pa
     assert control.metrics["round3_top1"] != ticket.metrics["round3_top1"] or control.metrics["top1"] != ticket.metrics["top1"]
     assert abs(control.metrics["prune_sparsity"] - 0.8) < 1e-3 and "prune_reuse" in control.notes
     # The reused rounds still count as its training time: three rounds of retraining, as the ticket's.
-    history = json.loads((tmp_path / "runs" / control.id / "history.json").read_text())
+    history = Store(tmp_path).history(control.id)
     epochs = [rec for rec in history if "prune_round" in rec and "epoch" in rec]
     assert len(epochs) == 3 and control.metrics["prune_retrain_seconds"] == pytest.approx(sum(rec["seconds"] for rec in epochs))
 
@@ -435,13 +436,10 @@ def test_an_onnxruntime_model_after_structured_pruning_reports_the_pruned_counts
 
 
 def test_a_study_trains_its_parent_once_when_a_late_rewind_follows_a_float_run(tmp_path, monkeypatch):
-    import sys
-
     import yaml
 
     from slimlab.executors.local import run_all
     from slimlab.plan import load_study
-    from slimlab.store import Store
 
     base = _quick_config([]).model_dump(mode="json")
     base.pop("name")

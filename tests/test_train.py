@@ -1,7 +1,6 @@
 """The training loop's options: the weight average, Lookahead and self-distillation (their arithmetic, resuming them
 after a kill), the recipe's data options end to end, retraining configs, and bf16 on CPU."""
 import copy
-import json
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from slimlab.config import TrainConfig
 from slimlab.data import ImageSplit
 from slimlab.data.loader import DeviceLoader
 from slimlab.models import create_model
+from slimlab.store import Store
 from slimlab.train import Lookahead, TrainState, WeightAverage, train
 
 
@@ -99,7 +99,7 @@ def test_a_run_with_the_recipe_options_reports_the_validation_of_the_weights_it_
                                          "data.crop_padding_mode": "reflect", **finish}))
     record = slimlab.run(config, store=tmp_path / "store", progress=False)
     assert record.status == "done", record.error
-    last = json.loads((tmp_path / "store" / "runs" / record.id / "history.json").read_text())[-1]
+    last = Store(tmp_path / "store").history(record.id)[-1]
     assert record.metrics["val_top1"] == last["final_val_top1"]
     assert 0 <= last["val_top1"] <= 100
     assert record.notes["train_precision"] == "fp32"

@@ -18,15 +18,16 @@ def run_all(planned: list[PlannedRun], store: Store, progress: bool = True) -> l
     with its reason; it is reported in one line and the study goes on. Ctrl-C stops the study."""
     # Epochs any run rewinds to, per shared training: the first run to train keeps them all, so no later run of the
     # same training has to train it again to get an epoch the first one passed without saving.
+    keys = [training_hash(item.config) for item in planned]
     wanted = defaultdict(set)
-    for item in planned:
-        wanted[training_hash(item.config)] |= snapshot_epochs(item.config)
+    for item, key in zip(planned, keys):
+        wanted[key] |= snapshot_epochs(item.config)
     records = []
-    bar = tqdm(planned, desc="study", unit="run", disable=not progress)
-    for item in bar:
+    bar = tqdm(list(zip(planned, keys)), desc="study", unit="run", disable=not progress)
+    for item, key in bar:
         bar.set_postfix_str(item.label)
         try:
-            records.append(run(item.config, store, progress=progress, snapshot_epochs=wanted[training_hash(item.config)]))
+            records.append(run(item.config, store, progress=progress, snapshot_epochs=wanted[key]))
         except Exception as exc:  # noqa: BLE001 - any run's failure is the run's, not the study's
             tqdm.write(f"slimlab: run {item.label} failed: {type(exc).__name__}: {exc}")
             run_id = config_hash(item.config)
