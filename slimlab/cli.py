@@ -9,15 +9,16 @@ import sys
 from slimlab.errors import SlimlabError
 
 
-def _store(args, must_exist: bool = False):
+def _store(args, must_exist: bool = False, index: bool = True):
     """The result store; commands that only read it refuse a folder that holds none (a mistyped --store)."""
     from pathlib import Path
 
     from slimlab.store import Store
 
-    if must_exist and not (Path(args.store) / "index.sqlite").is_file():
-        raise SlimlabError(f"no slimlab store at {args.store} (no index.sqlite there); pass --store DIR or set SLIMLAB_STORE")
-    return Store(args.store)
+    root = Path(args.store)
+    if must_exist and not ((root / "index.sqlite").is_file() or (root / "runs").is_dir()):
+        raise SlimlabError(f"no slimlab store at {args.store} (no index.sqlite or runs/ there); pass --store DIR or set SLIMLAB_STORE")
+    return Store(root, index=index)
 
 
 def cmd_run(args) -> int:
@@ -39,19 +40,80 @@ def cmd_run(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from slimlab.executors.local import run_all
-    from slimlab.plan import load_study
+    from slimlab.executors import ExecOptions, execute, get_executor
+    from slimlab.plan import load_study, plan_stages
 
-    planned = load_study(args.study, args.overrides)  # every config validated before anything runs
-    store = _store(args)
+    study = load_study(args.study, args.overrides)  # every config validated before anything runs
+    get_executor(args.executor)  # an unknown name fails before anything is written
+    options = ExecOptions(jobs=args.jobs, gpus=_gpus(args), retries=args.retries, max_same_failures=args.max_same_failures,
+                          detach=args.detach, progress=not args.quiet, slurm={**study.slurm, **_slurm_flags(args)})
+    plan = plan_stages(study, device=_planned_device(args, options))
     if args.dry_run:
-        for item in planned:
-            print(f"{item.label}: {item.config.model_dump(mode='json')['steps']}")
+        return _print_dry_run(plan, args.store)
+    outcome = execute(plan, _store(args), args.executor, options)
+    for line in outcome.messages[-3:] if len(outcome.messages) > 3 else ():
+        print(f"slimlab: {line}", file=sys.stderr)
+    counts = {s: list(outcome.statuses.values()).count(s) for s in sorted(set(outcome.statuses.values()))}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items())
+    print(f"{study.name}: {len(plan.runs)} runs: {summary}" + (f"; {outcome.stopped}" if outcome.stopped else ""))
+    if outcome.submitted:
+        print(f"submitted; follow it with: slimlab status {study.name} --store {args.store}")
         return 0
-    records = run_all(planned, store, progress=not args.quiet)
-    done = sum(r.status == "done" for r in records)
-    print(f"{done} of {len(records)} runs done" + ("" if done == len(records) else f"; failed: {', '.join(r.id for r in records if r.status != 'done')}"))
-    return 0 if done == len(records) else 1
+    return 0 if counts.get("done", 0) == len(plan.runs) else 1
+
+
+def _gpus(args) -> list[str]:
+    if args.gpus:
+        return [g.strip() for g in args.gpus.split(",") if g.strip()]
+    if args.executor != "local" or args.jobs_given:
+        return []
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]  # one worker per GPU on a GPU machine
+
+
+def _planned_device(args, options) -> str | None:
+    """What train.device `auto` means where the runs execute: a GPU where one is given to each run, else this machine."""
+    if args.executor == "slurm":
+        return "cuda" if int(options.slurm.get("gpus_per_run", 0) or 0) > 0 else "cpu"
+    return "cuda" if options.gpus else None
+
+
+def _slurm_flags(args) -> dict:
+    flags = {"partition": args.partition, "time_min": args.time_min, "cpus_per_run": args.cpus_per_run,
+             "mem_gb": args.mem_gb, "gpus_per_run": args.gpus_per_run, "max_parallel": args.max_parallel}
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def _print_dry_run(plan, store_root) -> int:
+    from slimlab.status import plan_statuses
+
+    statuses = plan_statuses(store_root, [r.id for r in plan.runs])
+    counts = {s: list(statuses.values()).count(s) for s in ("done", "failed", "running", "stale", "to run")}
+    print(f"{plan.study.name}: {len(plan.runs)} runs, {len(plan.trainings)} trainings ({plan.training_epochs} training epochs); "
+          + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    for stage in plan.runs:
+        print(f"  {stage.id[:8]}  {statuses[stage.id]:7}  {stage.planned.label}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from slimlab.status import format_progress, study_progress
+
+    store = _store(args, must_exist=True)
+    manifests = [m for m in store.studies() if args.study in (None, m["name"])]
+    if not manifests:
+        known = ", ".join(m["name"] for m in store.studies()) or "none"
+        raise SlimlabError(f"no study {args.study!r} in {args.store} (studies there: {known})" if args.study else f"no studies in {args.store}")
+    for manifest in manifests:
+        print("\n".join(format_progress(manifest["name"], study_progress(store, manifest))))
+    return 0
+
+
+def cmd_reindex(args) -> int:
+    count = _store(args, must_exist=True, index=False).reindex()
+    print(f"indexed {count} runs from {args.store}/runs into {args.store}/index.sqlite")
+    return 0
 
 
 def cmd_table(args) -> int:
@@ -70,13 +132,13 @@ def cmd_runs(args) -> int:
     if not records:
         print(f"no runs in {args.store}")
         return 0
-    print(f"{'id':16}  {'status':7}  {'model':18}  {'data':14}  {'top1':>6}  {'size MB':>8}  {'b1 ms':>7}  name")
+    print(f"{'id':16}  {'status':8}  {'model':18}  {'data':14}  {'top1':>6}  {'size MB':>8}  {'b1 ms':>7}  name")
     for r in records:
         m = r.metrics
         top1 = f"{m['top1']:.2f}" if "top1" in m else "-"
         size = f"{m['model_size_bytes'] / 1e6:.2f}" if "model_size_bytes" in m else "-"
         lat = f"{m['latency_b1_median_ms']:.2f}" if "latency_b1_median_ms" in m else "-"
-        print(f"{r.id:16}  {r.status:7}  {r.config['model']['name'][:18]:18}  {r.config['data']['name'][:14]:14}  {top1:>6}  {size:>8}  {lat:>7}  {r.name}")
+        print(f"{r.id:16}  {r.status:8}  {r.config['model']['name'][:18]:18}  {r.config['data']['name'][:14]:14}  {top1:>6}  {size:>8}  {lat:>7}  {r.name}")
     return 0
 
 
@@ -119,7 +181,9 @@ def _print_listing(items: dict[str, str], as_json: bool) -> int:
 def _print_record(record, full: bool = False) -> None:
     print(f"run {record.id}  status: {record.status}  {record.name}")
     if record.error:
-        print(f"  reason: {record.error}")
+        print(f"  reason ({record.failure}): {record.error}")
+    if record.status == "stale":
+        print(f"  stale: its process ({record.host}, pid {record.pid}) is gone; the next `slimlab study` resumes it")
     for key in sorted(record.metrics):
         value = record.metrics[key]
         print(f"  {key:28} {value:.4g}" if isinstance(value, float) else f"  {key:28} {value}")
@@ -154,12 +218,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain", action="store_true", help="like --force, and train again from scratch too")
     p.set_defaults(fn=cmd_run)
 
-    p = with_store(sub.add_parser("study", help="run every experiment of a study file (grid x variants), skipping done ones"))
+    p = with_store(sub.add_parser("study", help="run a study file (grid x zip x seeds x variants): trainings first, then "
+                                  "the runs that need them; done runs are skipped"))
     p.add_argument("study", help="study YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a value in every run")
-    p.add_argument("--dry-run", action="store_true", help="list the planned runs and stop")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (runs, trainings, each run's status) and create nothing")
+    p.add_argument("--executor", default="local", help="where runs execute: local (worker processes; default), slurm, inline (this process)")
+    p.add_argument("-j", "--jobs", type=int, default=None, help="local: worker processes (default 1); CPU threads are split between them")
+    p.add_argument("--gpus", help="local: GPU ids, one worker each, e.g. 0,1 (default: every visible GPU)")
+    p.add_argument("--retries", type=int, default=0, help="retry a run that failed transiently (oom, timeout, preempted, killed) up to N times")
+    p.add_argument("--max-same-failures", type=int, default=None, metavar="K", help="stop the study after K runs fail with the same error")
+    p.add_argument("--detach", action="store_true", help="slurm: submit and return; follow with `slimlab status`")
+    for flag, kind, what in (("--partition", str, "partition"), ("--time-min", int, "time limit per job, minutes"),
+                             ("--cpus-per-run", int, "CPUs per run"), ("--mem-gb", int, "memory per run, GB"),
+                             ("--gpus-per-run", int, "GPUs per run"), ("--max-parallel", int, "array tasks running at once (%%N)")):
+        p.add_argument(flag, type=kind, default=None, help=f"slurm: {what} (overrides the study file's slurm: section)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_study)
+
+    p = with_store(sub.add_parser("status", help="a study's progress from the store: done / running / queued / failed / stale, ETA"))
+    p.add_argument("study", nargs="?", default=None, help="the study's name (default: every study in the store)")
+    p.set_defaults(fn=cmd_status)
+
+    p = with_store(sub.add_parser("reindex", help="rebuild index.sqlite from the run folders"))
+    p.set_defaults(fn=cmd_reindex)
 
     p = with_store(sub.add_parser("table", help="print a study's runs in the seed deck's table layout"))
     p.add_argument("study", help="the study's name")
@@ -167,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_store(sub.add_parser("runs", help="list recorded runs"))
     p.add_argument("--json", action="store_true", help="one JSON object per run (id, status, config, metrics, ...)")
-    p.add_argument("--status", choices=["done", "failed", "running"])
+    p.add_argument("--status", choices=["done", "failed", "running", "stale"])
     p.set_defaults(fn=cmd_runs)
 
     p = with_store(sub.add_parser("show", help="show one run (an id prefix is enough)"))
@@ -185,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "fn", None) is cmd_study:
+        args.jobs_given = args.jobs is not None
+        args.jobs = args.jobs or 1
     try:
         return args.fn(args)
     except SlimlabError as exc:

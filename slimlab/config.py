@@ -14,7 +14,7 @@ from slimlab.fingerprint import content_fingerprint
 
 # Bump whenever a field is added, removed or changes meaning: the run id changes with it, so old results
 # are never silently reused under a new meaning (a golden-hash test pins the current value).
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 class Strict(BaseModel):
@@ -183,27 +183,63 @@ def canonical_json(config: ExperimentConfig) -> str:
     return json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
 
-def input_fingerprints(config: ExperimentConfig) -> str:
-    """The contents of the files the config names by path (`model.weights`, `data.path`): a replaced checkpoint or
-    a changed image folder is a new run, not the old results under the same path. Empty when it names none."""
+# Keys that say where to look or what to call a run, not what it computes: they are left out of its identity, so
+# renaming a study or moving a dataset file re-runs nothing. The files' contents are in the identity instead.
+_NOT_IDENTITY = {"name": True, "data": {"root", "download", "path"}, "model": {"weights"}}
+
+
+def input_fingerprints(config: ExperimentConfig) -> dict:
+    """The contents of the files the config names (`model.weights`, `data.path`), wherever they lie: a replaced
+    checkpoint is a new run, a copied or moved one is the same run."""
     named = {"model.weights": config.model.weights, "data.path": config.data.path}
-    found = {key: content_fingerprint(Path(value)) for key, value in named.items() if value and Path(value).exists()}
-    return f":inputs:{json.dumps(found, sort_keys=True)}" if found else ""
+    return {key: content_fingerprint(Path(value)) if Path(value).exists() else f"missing:{value}"
+            for key, value in named.items() if value}
 
 
-def config_hash(config: ExperimentConfig) -> str:
-    """The run id: a hash of the schema version, the whole canonical config (defaults included) and the contents
-    of the files it names."""
-    payload = f"slimlab-schema-{SCHEMA_VERSION}:{canonical_json(config)}{input_fingerprints(config)}"
+def resolved_runtime(config: ExperimentConfig, device: str | None = None) -> dict:
+    """The device type a run trains and is measured on (train.device, or for `auto` the one given or found here) and
+    the training precision that follows from it; part of the run id, so CPU and GPU results never share one."""
+    if config.train.device != "auto":
+        device = config.train.device
+    elif device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        precision = "bf16-autocast" if config.train.amp else "fp32"
+    else:
+        from slimlab.train import cpu_has_native_bf16
+
+        precision = "bf16-autocast" if config.train.cpu_bf16 and cpu_has_native_bf16() else "fp32"
+    return {"device": device, "precision": precision}
+
+
+def _identity(config: ExperimentConfig, include: set[str] | None, device: str | None) -> str:
+    payload = config.model_dump(mode="json", include=include, exclude=_NOT_IDENTITY)
+    payload["_inputs"] = input_fingerprints(config)
+    payload["_runtime"] = resolved_runtime(config, device)
+    payload["train"]["device"] = payload["_runtime"]["device"]  # `auto` that resolved to cpu is the same run as `cpu`
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(config: ExperimentConfig, device: str | None = None) -> str:
+    """The run id: a hash of the schema version, the whole canonical config (defaults included, names and search
+    paths left out), the contents of the files it names, and the resolved device and precision (`device` resolves
+    train.device `auto` where the run will execute, e.g. a GPU node; by default, this machine)."""
+    payload = f"slimlab-schema-{SCHEMA_VERSION}:{_identity(config, None, device)}"
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def training_hash(config: ExperimentConfig) -> str:
-    """Key of the training stage alone (seed, data, model, train, and the files they name): runs that differ only
-    in steps or measurement share one trained model, so a study's dense parent is trained once."""
-    payload = config.model_dump(mode="json", include={"seed", "data", "model", "train"})
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":")) + input_fingerprints(config)
+def training_hash(config: ExperimentConfig, device: str | None = None) -> str:
+    """Key of the training stage alone (seed, data, model, train, the files they name, device and precision): runs
+    that differ only in steps or measurement share one trained model, so a study's dense parent is trained once."""
+    text = _identity(config, {"seed", "data", "model", "train"}, device)
     return hashlib.sha256(f"slimlab-schema-{SCHEMA_VERSION}:train:{text}".encode()).hexdigest()[:16]
+
+
+def rewind_epochs(config: ExperimentConfig) -> set[int]:
+    """Epochs whose weights a step will rewind to (late rewinding), saved while training so nothing is replayed."""
+    return {int(step["rewind_epoch"]) for step in config.steps if step.get("rewind_epoch")}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

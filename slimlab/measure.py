@@ -226,11 +226,25 @@ def git_commit() -> str | None:
         return None
 
 
+def code_version() -> dict:
+    """The commit of the slimlab checkout running now, and whether it has uncommitted changes (None outside git)."""
+    commit = git_commit()
+    dirty = None
+    if commit:
+        try:
+            out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                                 capture_output=True, text=True, timeout=5)
+            dirty = bool(out.stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return {"commit": commit, "dirty": dirty}
+
+
 def environment(device: torch.device) -> dict:
     """What the figures were measured on."""
     env = {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "device": str(device), "git_commit": git_commit()}
+           "device": str(device), "git_commit": git_commit(), "executor": os.environ.get("SLIMLAB_EXECUTOR", "this process")}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from slimlab import measure
-from slimlab.config import ExperimentConfig, config_hash, training_hash
+from slimlab.config import ExperimentConfig, config_hash, rewind_epochs, training_hash
 from slimlab.data import DatasetRequest, ImageDataset, ImageSplit, load_dataset
 from slimlab.data.loader import DeviceLoader, balanced_subset, split_validation
 from slimlab.errors import SlimlabError
@@ -34,7 +34,9 @@ def data_roots(config: ExperimentConfig) -> tuple[Path, ...]:
     return tuple(Path(r).expanduser() for r in [*config.data.root, *env, *DEFAULT_DATA_ROOTS])
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, planned: str | None = None) -> torch.device:
+    """train.device as a torch device; `planned` is what the run id was computed for when train.device is `auto`."""
+    name = planned if name == "auto" and planned else name
     if name == "cuda" and not torch.cuda.is_available():
         raise SlimlabError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
@@ -61,7 +63,7 @@ class Prepared:
                             drop_last=training, channels_last=config.train.channels_last and split.images.shape[1] > 1)
 
 
-def prepare_data(config: ExperimentConfig, progress: bool = True) -> Prepared:
+def prepare_data(config: ExperimentConfig, progress: bool = True, device: str | None = None) -> Prepared:
     request = DatasetRequest(roots=data_roots(config), cache_dir=Path("~/.cache/slimlab").expanduser(), download=config.data.download,
                              path=Path(config.data.path) if config.data.path else None, options={"progress": progress, **config.data.options})
     dataset = load_dataset(config.data.name, request)
@@ -71,7 +73,7 @@ def prepare_data(config: ExperimentConfig, progress: bool = True) -> Prepared:
     test = dataset.test
     if config.data.test_subset:
         test = balanced_subset(test, config.data.test_subset, seed=DATA_SPLIT_SEED)
-    return Prepared(dataset, train_split, val_split, test, resolve_device(config.train.device))
+    return Prepared(dataset, train_split, val_split, test, resolve_device(config.train.device, device))
 
 
 @dataclass
@@ -118,57 +120,91 @@ class StepContext:
         return loader
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run executes, apart from what it computes (none of this is in the run id)."""
+
+    progress: bool = True
+    force: bool = False  # run a done run again, reusing a finished training of the same training config
+    retrain: bool = False  # like force, and train again from scratch too (e.g. after a change to the training code)
+    snapshot_epochs: frozenset[int] = frozenset()  # epochs the training keeps for other runs of the same parent
+    device: str | None = None  # what train.device `auto` resolves to (the executor's choice); None: this machine
+    defer_latency: bool = False  # leave latency pending, to be timed alone later (measure_pending_latency)
+
+
 def run(config: ExperimentConfig, store: Store | str | Path = DEFAULT_STORE, progress: bool = True, force: bool = False,
-        retrain: bool = False, snapshot_epochs: Iterable[int] = ()) -> RunRecord:
+        retrain: bool = False, snapshot_epochs: Iterable[int] = (), options: RunOptions | None = None) -> RunRecord:
     """Train, compress, measure and record one experiment; a `done` run with the same config is returned without work.
 
     `force` runs a done run again, reusing a finished training of the same training config; `retrain` (which
     implies `force`) trains again from scratch too, e.g. after a change to the training code. `snapshot_epochs`
     are epochs whose weights the training keeps beyond those this config's steps rewind to: a study passes those
-    its other runs of the same training need, so that training happens once."""
-    force = force or retrain
+    its other runs of the same training need, so that training happens once. `options` gives all of these at once."""
+    options = options or RunOptions(progress, force or retrain, retrain, frozenset(snapshot_epochs))
     store = store if isinstance(store, Store) else Store(store)
-    run_id = config_hash(config)
+    run_id = config_hash(config, options.device)
     with store.exclusive(f"run-{run_id}", f"slimlab: waiting for another process running {run_id}"):
         existing = store.get(run_id)  # read under the lock: the other process may just have finished it
-        if existing is not None and existing.status == "done" and not force:
+        if existing is not None and existing.status == "done" and not options.force:
             return existing
-        return _run_locked(config, run_id, store, progress, retrain, snapshot_epochs)
+        return _run_locked(config, run_id, store, options)
 
 
-def _run_locked(config: ExperimentConfig, run_id: str, store: Store, progress: bool, retrain: bool,
-                snapshot_epochs: Iterable[int]) -> RunRecord:
-    config_json = config.model_dump(mode="json")
-    store.start(run_id, config_json, config.name)
+def failure_class(exc: BaseException) -> str:
+    """Which kind of failure an exception is (slimlab.store.FAILURE_CLASSES): only transient ones are retried."""
+    if isinstance(exc, TrainingDiverged):
+        return "diverged"
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return "oom"
+    if isinstance(exc, KeyboardInterrupt):
+        return "killed"
+    return "error"
+
+
+def _run_locked(config: ExperimentConfig, run_id: str, store: Store, options: RunOptions) -> RunRecord:
+    store.start(run_id, config.model_dump(mode="json"), config.name)
     try:
-        metrics, notes, env, history = _execute(config, run_id, store, progress, retrain, set(snapshot_epochs))
-    except TrainingDiverged as exc:
-        store.fail(run_id, str(exc))
-        return store.get(run_id)
+        with store.heartbeat(run_id):
+            metrics, notes, env, history = _execute(config, run_id, store, options)
     except BaseException as exc:
-        store.fail(run_id, f"{type(exc).__name__}: {exc}" if not isinstance(exc, KeyboardInterrupt) else "interrupted")
+        kind = failure_class(exc)
+        store.fail(run_id, "interrupted" if kind == "killed" else str(exc) if kind == "diverged" else f"{type(exc).__name__}: {exc}", kind)
+        if kind == "diverged":
+            return store.get(run_id)
         raise
     store.finish(run_id, metrics, notes, env, history)
     return store.get(run_id)
 
 
-def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool, retrain: bool = False,
-             extra_snapshots: set[int] = frozenset()):
-    # Import the step modules now: a run of hours must not import, after training, code that changed on disk meanwhile.
-    kinds = step_kinds()
-    data = prepare_data(config, progress)
-    device = data.device
+def train_parent(config: ExperimentConfig, store: Store, options: RunOptions = RunOptions()) -> list[dict]:
+    """A study's training stage on its own: train (or resume, or find finished) the parent that runs share."""
+    data = prepare_data(config, options.progress, options.device)
+    model = _build_model(config, data)
+    history, _ = _train_stage(config, model, data, store, options.progress, {}, options.retrain, set(options.snapshot_epochs))
+    return history
+
+
+def _build_model(config: ExperimentConfig, data: Prepared) -> nn.Module:
     torch.manual_seed(config.seed)
     c, h, w = data.dataset.image_shape
-    model = create_model(config.model.name, data.dataset.num_classes, c, h, weights=config.model.weights, **config.model.options).to(device)
-    if config.train.channels_last and c > 1:
-        model = model.to(memory_format=torch.channels_last)
+    model = create_model(config.model.name, data.dataset.num_classes, c, h, weights=config.model.weights, **config.model.options)
+    model = model.to(data.device)
+    return model.to(memory_format=torch.channels_last) if config.train.channels_last and c > 1 else model
+
+
+def _execute(config: ExperimentConfig, run_id: str, store: Store, options: RunOptions):
+    # Import the step modules now: a run of hours must not import, after training, code that changed on disk meanwhile.
+    kinds = step_kinds()
+    progress = options.progress
+    data = prepare_data(config, progress, options.device)
+    device = data.device
+    model = _build_model(config, data)
 
     snapshots: dict[int, dict] = {}
-    history, energy = _train_stage(config, model, data, store, progress, snapshots, retrain, extra_snapshots)
+    history, energy = _train_stage(config, model, data, store, progress, snapshots, options.retrain, set(options.snapshot_epochs))
     train_seconds = sum(r["seconds"] for r in history)
 
-    key = training_hash(config)
+    key = training_hash(config, device.type)
     context = StepContext(config, data, progress, history=list(history), weights_at_epoch=snapshots,
                           cache_load=lambda name: store.load_training_file(key, f"{name}.pt"),
                           cache_save=lambda name, value: store.save_training_file(key, f"{name}.pt", value))
@@ -196,16 +232,12 @@ def _execute(config: ExperimentConfig, run_id: str, store: Store, progress: bool
         notes["train_energy_j"] = f"measured with {energy.source} over the training loop"
     else:
         notes["energy"] = f"not measured: {energy.reason}"
-    metrics.update(_measure_model(model, context, run_id, store, notes, step_input_counts))
+    notes.update(_code_notes(store, key))
+    metrics.update(_measure_model(model, context, run_id, store, notes, step_input_counts, options.defer_latency))
     for name, blob in context.artifacts.items():
         store.save_artifact(run_id, name, blob)
     # The history on record: training epochs, then whatever the steps trained or evaluated (QAT epochs, pruning rounds).
     return metrics, notes, measure.environment(context.measure_device or device), context.history
-
-
-def snapshot_epochs(config: ExperimentConfig) -> set[int]:
-    """Epochs whose weights a step will rewind to (late rewinding), saved while training so nothing is replayed."""
-    return {int(step["rewind_epoch"]) for step in config.steps if step.get("rewind_epoch")}
 
 
 class _EpochSnapshots:
@@ -227,7 +259,7 @@ def _train_stage(config, model, data: Prepared, store: Store, progress: bool, sn
     if config.train.epochs == 0:
         meter.reason = "no training"
         return [], meter
-    key = training_hash(config)
+    key = training_hash(config, data.device.type)
     # Another process training the same parent (a second invocation of the study) finishes first; this one then
     # finds its trained.pt instead of training it again.
     with store.exclusive(f"train-{key}", f"slimlab: waiting for another process training {key}"):
@@ -236,7 +268,7 @@ def _train_stage(config, model, data: Prepared, store: Store, progress: bool, sn
 
 def _train_or_reuse(config, model, data: Prepared, store: Store, progress: bool, snapshots: dict[int, dict], retrain: bool,
                     extra_snapshots: set[int], key: str, meter: measure.EnergyMeter):
-    wanted = snapshot_epochs(config) | {e for e in extra_snapshots if 0 < e <= config.train.epochs}
+    wanted = rewind_epochs(config) | {e for e in extra_snapshots if 0 < e <= config.train.epochs}
     finished = None if retrain else store.load_training_file(key, TRAINED_WEIGHTS)
     for epoch in wanted if not retrain else ():
         if (saved := store.load_training_file(key, f"weights_epoch{epoch}.pt")) is not None:
@@ -259,10 +291,26 @@ def _train_or_reuse(config, model, data: Prepared, store: Store, progress: bool,
     with meter:
         history = train(model, train_loader, config.train, val_loader=val_loader, resume=resume, progress=progress,
                         callbacks=[_EpochSnapshots(wanted, keep)] if wanted else [],
-                        save_checkpoint=lambda state: store.save_training_file(key, store.CHECKPOINT, state.to_dict()))
+                        save_checkpoint=lambda state: _checkpoint(store, key, state, config.train.epochs))
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    store.save_training_file(key, TRAINED_WEIGHTS, {"model": weights, "history": history})
+    store.save_training_file(key, TRAINED_WEIGHTS, {"model": weights, "history": history, "code": measure.code_version()})
     return history, meter
+
+
+def _checkpoint(store: Store, key: str, state: TrainState, epochs: int) -> None:
+    """The epoch checkpoint a killed training resumes from, and the progress `slimlab status` reads."""
+    store.save_training_file(key, store.CHECKPOINT, state.to_dict())
+    store.save_progress(key, {"epoch": state.epoch, "epochs": epochs, "seconds": sum(r["seconds"] for r in state.history)})
+
+
+def _code_notes(store: Store, key: str) -> dict:
+    """Say so when the trained parent was trained by other code than the code running now."""
+    trained = store.load_training_file(key, TRAINED_WEIGHTS) if store.training_dir(key).exists() else None
+    then, now = (trained or {}).get("code"), measure.code_version()
+    if not then or then == now:
+        return {}
+    return {"trained_by_code": f"the parent was trained at commit {then['commit']}{' (dirty)' if then['dirty'] else ''}, "
+                               f"this run is at {now['commit']}{' (dirty)' if now['dirty'] else ''}"}
 
 
 def _accuracy(model: nn.Module, context: StepContext, prefix: str = "") -> dict:
@@ -273,8 +321,9 @@ def _accuracy(model: nn.Module, context: StepContext, prefix: str = "") -> dict:
     return {f"{prefix}top1": result["top1"], f"{prefix}top5": result["top5"], f"{prefix}test_loss": result["loss"]}
 
 
-def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: Store, notes: dict, step_input_counts: dict) -> dict:
-    """Accuracy, size of the saved deployable file, counts and latency of the final model."""
+def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: Store, notes: dict, step_input_counts: dict,
+                   defer_latency: bool = False) -> dict:
+    """Accuracy, size of the saved deployable file, counts and latency of the final model (or latency pending)."""
     cfg = context.config.measure
     device = context.measure_device or context.data.device
     model = model.to(device) if not _is_quantized(model) else model
@@ -292,16 +341,53 @@ def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: S
         counts = step_input_counts
         notes["params"] = "params and macs of the model handed to the engine; its weights live outside torch"
     metrics.update(counts)
-    if cfg.latency:
-        threads = cfg.threads or torch.get_num_threads()
-        for batch in cfg.batch_sizes:
-            lat = measure.measure_latency(model, context.example(batch, device), cfg.warmup, cfg.repeats, threads)
-            metrics[f"latency_b{batch}_median_ms"] = lat["median_ms"]
-            metrics[f"latency_b{batch}_p90_ms"] = lat["p90_ms"]
-            metrics[f"throughput_b{batch}_per_s"] = lat["throughput_per_s"]
-        metrics["latency_threads"] = threads
-        notes["latency"] = f"median and p90 of {cfg.repeats} timed forward passes after {cfg.warmup} warm-up, {threads} threads, {lat['timer']} on {device}"
-    return metrics
+    if not cfg.latency:
+        return metrics
+    if defer_latency and fmt in DEFERRABLE_FORMATS:
+        notes.update(latency_status="pending", example_shape=list(example.shape[1:]),
+                     latency="pending: timed later, alone on the machine, in the study's latency stage")
+        return metrics
+    figures, notes["latency"] = _time_latency(model, cfg, lambda batch: context.example(batch, device))
+    return {**metrics, **figures}
+
+
+DEFERRABLE_FORMATS = ("torchscript", "onnx")  # deployable files the latency stage can load back and time
+
+
+def _time_latency(model: nn.Module, cfg, example_of: Callable[[int], torch.Tensor]) -> tuple[dict, str]:
+    """Median and p90 latency and throughput at each of measure.batch_sizes, and the sentence that says how."""
+    threads = cfg.threads or torch.get_num_threads()
+    metrics = {"latency_threads": threads}
+    for batch in cfg.batch_sizes:
+        example = example_of(batch)
+        lat = measure.measure_latency(model, example, cfg.warmup, cfg.repeats, threads)
+        metrics[f"latency_b{batch}_median_ms"] = lat["median_ms"]
+        metrics[f"latency_b{batch}_p90_ms"] = lat["p90_ms"]
+        metrics[f"throughput_b{batch}_per_s"] = lat["throughput_per_s"]
+    return metrics, (f"median and p90 of {cfg.repeats} timed forward passes after {cfg.warmup} warm-up, {threads} "
+                     f"threads, {lat['timer']} on {example.device}")
+
+
+def measure_pending_latency(store: Store, run_id: str) -> RunRecord:
+    """The latency stage of one run: load its deployable file back and time it; run alone on the machine."""
+    record = store.get(run_id)
+    cfg = ExperimentConfig.model_validate(record.config).measure
+    device = torch.device(record.env.get("device", "cpu"))
+    model = load_deployable(store.run_dir(run_id), device)
+    generator = torch.Generator().manual_seed(0)
+    shape = record.notes["example_shape"]
+    figures, sentence = _time_latency(model, cfg, lambda batch: torch.randn(batch, *shape, generator=generator).to(device))
+    store.update_metrics(run_id, figures, {"latency_status": "measured", "latency": f"{sentence}; timed alone in the latency stage"})
+    return store.get(run_id)
+
+
+def load_deployable(folder: Path, device: torch.device) -> nn.Module:
+    """A run's saved model.pt (TorchScript) or model.onnx, ready to call."""
+    if (folder / "model.onnx").exists():
+        from slimlab.quantize.onnx_runtime import OnnxRuntimeModule
+
+        return OnnxRuntimeModule((folder / "model.onnx").read_bytes())
+    return torch.jit.load(str(folder / "model.pt"), map_location=device).eval()
 
 
 def _counts(model: nn.Module, example: torch.Tensor) -> dict:

@@ -1,4 +1,9 @@
-"""The only writer of results: an SQLite index (WAL) plus one directory per run, every file written atomically."""
+"""The only writer of results: one folder per run holding its record (the truth), and an SQLite index of them.
+
+Every file is written atomically. `index.sqlite` can be deleted at any time and is rebuilt from the folders
+(`Store.reindex`). A store opened with `index=False` (a compute node on a network filesystem, where SQLite's locking
+is unsafe) writes the folders only; the next process that opens it with the index picks those records up.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -8,25 +13,31 @@ import socket
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from slimlab.errors import SlimlabError
 
 DEFAULT_STORE = Path(os.environ.get("SLIMLAB_STORE", "store"))
+HEARTBEAT_SECONDS = 15.0  # a running run rewrites its heartbeat this often
+STALE_AFTER_SECONDS = 120.0  # a heartbeat older than this, on another host, marks the run stale
+TEMP_MAX_AGE_SECONDS = 24 * 3600  # a temporary file this old is a leftover, whoever wrote it
+FAILURE_CLASSES = ("error", "diverged", "oom", "timeout", "preempted", "killed")
+TRANSIENT_FAILURES = ("oom", "timeout", "preempted", "killed")  # worth retrying; an error or divergence is not
+_COLUMNS = ("id", "status", "name", "failure", "error", "host", "created", "updated", "mtime_ns", "record")
 _SCHEMA = """
 create table if not exists runs (
-    id text primary key, status text not null, name text, config text not null,
-    metrics text not null default '{}', notes text not null default '{}', env text not null default '{}',
-    error text, host text, created real not null, updated real not null)
+    id text primary key, status text not null, name text, failure text, error text, host text,
+    created real not null, updated real not null, mtime_ns integer not null, record text not null)
 """
 
 
 @dataclass(frozen=True)
 class RunRecord:
     id: str
-    status: str
+    status: str  # done, failed, running; `stale` when read: running, but its process is gone
     name: str
     config: dict
     metrics: dict
@@ -35,44 +46,145 @@ class RunRecord:
     error: str | None
     created: float
     updated: float
+    failure: str | None = None  # one of FAILURE_CLASSES when failed
+    host: str = ""
+    pid: int = 0
+    attempts: int = 1  # how many times the run was started
 
     def to_json(self) -> dict:
         return {"id": self.id, "status": self.status, "name": self.name, "config": self.config, "metrics": self.metrics,
-                "notes": self.notes, "env": self.env, "error": self.error, "created": self.created, "updated": self.updated}
+                "notes": self.notes, "env": self.env, "error": self.error, "failure": self.failure, "host": self.host,
+                "pid": self.pid, "attempts": self.attempts, "created": self.created, "updated": self.updated}
+
+
+def _temp_name(path: Path) -> str:
+    return f".{path.name}.{socket.gethostname()}.{os.getpid()}."
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, rename: a reader sees the old file or the new one, never half."""
+    """Write to a temporary file beside `path`, fsync, rename: a reader sees the old file or the new one, never half.
+    The file is readable by the group, so a store can be shared on a cluster."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_name(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, (0o666 & ~_umask()) | 0o040)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_leftover_temps(root: Path) -> int:
+    """Delete temporary files of writes that were killed: this host's whose process is gone, or any a day old."""
+    removed, host, now = 0, socket.gethostname(), time.time()
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if not (name.startswith(".") and name.endswith(".tmp")):
+                continue
+            path = Path(folder) / name
+            parts = name.split(".")  # ['', target..., host..., pid, random, 'tmp']
+            pid = int(parts[-3]) if len(parts) > 4 and parts[-3].isdigit() else 0
+            try:
+                dead_here = pid and ".".join(parts[-4 - host.count("."):-3]) == host and not _pid_alive(pid)
+                if dead_here or now - path.stat().st_mtime > TEMP_MAX_AGE_SECONDS:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def open_store_root(root: Path) -> Path:
+    """Create the store folder, or say in one line why it cannot be."""
+    if root.exists() and not root.is_dir():
+        raise SlimlabError(f"--store {root}: is a file, not a folder; pass a folder (it is created if missing)")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SlimlabError(f"--store {root}: cannot create the folder ({exc.strerror}); pass a writable folder") from None
+    return root
+
+
 class Store:
-    """Runs keyed by config hash under `root`: index.sqlite and runs/<id>/."""
+    """Runs keyed by config hash under `root`: runs/<id>/record.json (the truth), trained/<key>/, index.sqlite."""
 
-    CONFIG, METRICS, HISTORY, CHECKPOINT = "config.json", "metrics.json", "history.json", "checkpoint.pt"
+    RECORD, CONFIG, HISTORY, CHECKPOINT, HEARTBEAT = "record.json", "config.json", "history.json", "checkpoint.pt", "heartbeat.json"
 
-    def __init__(self, root: str | Path = DEFAULT_STORE):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("pragma journal_mode=wal")
-            db.execute(_SCHEMA)
+    def __init__(self, root: str | Path = DEFAULT_STORE, index: bool = True):
+        self.root = open_store_root(Path(root))
+        self.use_index = index
+        remove_leftover_temps(self.root)
+        if index:
+            self._open_index()
 
+    # --- the index ---
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.root / "index.sqlite", timeout=60)
         db.execute("pragma busy_timeout=60000")
         return db
 
+    def _open_index(self) -> None:
+        with self._connect() as db:
+            db.execute("pragma journal_mode=wal")
+            columns = [row[1] for row in db.execute("pragma table_info(runs)")]
+            if columns and "record" not in columns:  # an index from before the folders held the records
+                _migrate_legacy_rows(self, db)
+            db.execute(_SCHEMA)
+        self.sync()
+
+    def sync(self) -> int:
+        """Bring the index up to date with the run folders (records written elsewhere, e.g. by compute nodes)."""
+        if not self.use_index:
+            return 0
+        with self._connect() as db:
+            known = dict(db.execute("select id, mtime_ns from runs"))
+            changed = 0
+            for path in (self.root / "runs").glob(f"*/{self.RECORD}"):
+                mtime = _mtime_ns(path)
+                if mtime and known.get(path.parent.name) != mtime:
+                    changed += self._index_row(db, path, mtime)
+        return changed
+
+    def _index_row(self, db: sqlite3.Connection, path: Path, mtime: int) -> int:
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return 0  # removed or not yet complete; the next sync picks it up
+        db.execute(f"insert or replace into runs ({', '.join(_COLUMNS)}) values ({', '.join('?' * len(_COLUMNS))})",
+                   (rec["id"], rec["status"], rec.get("name", ""), rec.get("failure"), rec.get("error"), rec.get("host", ""),
+                    rec["created"], rec["updated"], mtime, json.dumps(rec, sort_keys=True)))
+        return 1
+
+    def reindex(self) -> int:
+        """Rebuild index.sqlite from the run folders; returns the number of runs indexed."""
+        for suffix in ("", "-wal", "-shm"):
+            (self.root / f"index.sqlite{suffix}").unlink(missing_ok=True)
+        self.use_index = True
+        self._open_index()
+        with self._connect() as db:
+            return db.execute("select count(*) from runs").fetchone()[0]
+
+    # --- folders ---
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
 
@@ -105,26 +217,69 @@ class Store:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     # --- lifecycle ---
+    def _write(self, record: dict) -> None:
+        record["updated"] = time.time()
+        path = self.run_dir(record["id"]) / self.RECORD
+        write_atomic(path, _dumps(record))
+        if self.use_index:
+            with self._connect() as db:
+                self._index_row(db, path, _mtime_ns(path))
+
+    def _read(self, run_id: str) -> dict | None:
+        try:
+            return json.loads((self.run_dir(run_id) / self.RECORD).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
     def start(self, run_id: str, config: dict, name: str = "") -> None:
-        """Mark a run as running (creating it, or re-opening a failed/interrupted one)."""
-        now = time.time()
+        """Mark a run as running (creating it, or re-opening a failed or interrupted one) by this process."""
+        old = self._read(run_id) or {}
         write_atomic(self.run_dir(run_id) / self.CONFIG, _dumps(config))
-        with self._connect() as db:
-            db.execute("insert into runs (id, status, name, config, host, created, updated) values (?, 'running', ?, ?, ?, ?, ?) "
-                       "on conflict(id) do update set status='running', error=null, host=excluded.host, updated=excluded.updated",
-                       (run_id, name, json.dumps(config, sort_keys=True), socket.gethostname(), now, now))
+        self._write({"id": run_id, "status": "running", "name": name or old.get("name", ""), "config": config,
+                     "metrics": {}, "notes": {}, "env": {}, "error": None, "failure": None,
+                     "host": socket.gethostname(), "pid": os.getpid(), "attempts": old.get("attempts", 0) + 1,
+                     "created": old.get("created", time.time())})
+        self.beat(run_id)
 
     def finish(self, run_id: str, metrics: dict, notes: dict, env: dict, history: list[dict]) -> None:
-        folder = self.run_dir(run_id)
-        write_atomic(folder / self.HISTORY, _dumps(history))
-        write_atomic(folder / self.METRICS, _dumps({"metrics": metrics, "notes": notes, "env": env}))
-        with self._connect() as db:
-            db.execute("update runs set status='done', metrics=?, notes=?, env=?, error=null, updated=? where id=?",
-                       (json.dumps(metrics, sort_keys=True), json.dumps(notes, sort_keys=True), json.dumps(env, sort_keys=True), time.time(), run_id))
+        write_atomic(self.run_dir(run_id) / self.HISTORY, _dumps(history))
+        self._write({**self._read(run_id), "status": "done", "metrics": metrics, "notes": notes, "env": env,
+                     "error": None, "failure": None})
 
-    def fail(self, run_id: str, reason: str) -> None:
-        with self._connect() as db:
-            db.execute("update runs set status='failed', error=?, updated=? where id=?", (reason, time.time(), run_id))
+    def fail(self, run_id: str, reason: str, failure: str = "error") -> None:
+        """Record a failed run with its reason and class (one of FAILURE_CLASSES)."""
+        if failure not in FAILURE_CLASSES:
+            raise ValueError(f"failure class {failure!r} is not one of {FAILURE_CLASSES}")
+        self._write({**self._read(run_id), "status": "failed", "error": reason, "failure": failure})
+
+    def update_metrics(self, run_id: str, metrics: dict, notes: dict) -> None:
+        """Add figures to a done run (its latency, measured later in a stage of its own)."""
+        record = self._read(run_id)
+        self._write({**record, "metrics": {**record["metrics"], **metrics}, "notes": {**record["notes"], **notes}})
+
+    # --- liveness ---
+    def beat(self, run_id: str, **progress) -> None:
+        """Say that this process is still working on the run (host, pid, time, and any progress given)."""
+        beat = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), **progress}
+        write_atomic(self.run_dir(run_id) / self.HEARTBEAT, _dumps(beat))
+
+    @contextlib.contextmanager
+    def heartbeat(self, run_id: str, every: float = HEARTBEAT_SECONDS):
+        """Beat in a background thread while the block runs."""
+        stop = threading.Event()
+
+        def loop():
+            while not stop.wait(every):
+                with contextlib.suppress(OSError):
+                    self.beat(run_id)
+
+        thread = threading.Thread(target=loop, name=f"heartbeat-{run_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     # --- artifacts ---
     def save_artifact(self, run_id: str, name: str, data: bytes) -> Path:
@@ -136,22 +291,48 @@ class Store:
         """A checkpoint, snapshot or history of a training stage (torch.save format, written atomically)."""
         import io
 
+        import torch
+
         buffer = io.BytesIO()
         torch.save(state, buffer)
         path = self.training_dir(training_key) / name
         write_atomic(path, buffer.getvalue())
         return path
 
+    def save_progress(self, training_key: str, progress: dict) -> None:
+        """How far a training stage has come (epochs done, of how many, in how many seconds)."""
+        write_atomic(self.training_dir(training_key) / "progress.json", _dumps({**progress, "time": time.time()}))
+
+    def training_progress(self, training_key: str) -> dict | None:
+        try:
+            return json.loads((self.training_dir(training_key) / "progress.json").read_text())
+        except (OSError, ValueError):
+            return None
+
     def load_training_file(self, training_key: str, name: str):
+        import torch
+
         path = self.training_dir(training_key) / name
         return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
 
+    # --- studies ---
+    def save_study(self, manifest: dict) -> None:
+        """A study's plan as last submitted: its runs (id, label, point), trainings and executor details."""
+        write_atomic(self.root / "studies" / f"{manifest['name']}.json", _dumps({**manifest, "updated": time.time()}))
+
+    def studies(self) -> list[dict]:
+        """Every study manifest in the store, oldest first."""
+        found = [json.loads(p.read_text()) for p in (self.root / "studies").glob("*.json")]
+        return sorted(found, key=lambda m: m.get("created", m["updated"]))
+
+    def study(self, name: str) -> dict | None:
+        path = self.root / "studies" / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
     # --- queries ---
     def get(self, run_id: str) -> RunRecord | None:
-        with self._connect() as db:
-            row = db.execute("select * from runs where id=?", (run_id,)).fetchone()
-            cols = [d[0] for d in db.execute("select * from runs limit 0").description]
-        return _record(dict(zip(cols, row))) if row else None
+        record = self._read(run_id)
+        return self._record(record) if record else None
 
     def history(self, run_id: str) -> list[dict]:
         """A finished run's per-epoch history (training, then what its steps trained or evaluated)."""
@@ -161,19 +342,76 @@ class Store:
         return [r for r in self.runs() if r.id.startswith(prefix)]
 
     def runs(self, status: str | None = None) -> list[RunRecord]:
-        with self._connect() as db:
-            cur = db.execute("select * from runs" + (" where status=?" if status else "") + " order by created", (status,) if status else ())
-            cols = [d[0] for d in cur.description]
-            return [_record(dict(zip(cols, row))) for row in cur.fetchall()]
+        """Every run, oldest first (optionally one status; `stale` is a running run whose process is gone)."""
+        if self.use_index:
+            self.sync()
+            with self._connect() as db:
+                rows = [json.loads(text) for (text,) in db.execute("select record from runs order by created")]
+        else:
+            rows = sorted(filter(None, (self._read(p.parent.name) for p in (self.root / "runs").glob(f"*/{self.RECORD}"))),
+                          key=lambda r: r["created"])
+        records = [self._record(row) for row in rows]
+        return [r for r in records if status is None or r.status == status]
+
+    def _record(self, row: dict) -> RunRecord:
+        status = "stale" if is_stale(self.root, row) else row["status"]
+        return RunRecord(row["id"], status, row.get("name") or "", row["config"], row.get("metrics", {}), row.get("notes", {}),
+                         row.get("env", {}), row.get("error"), row["created"], row["updated"], failure=row.get("failure"),
+                         host=row.get("host") or "", pid=row.get("pid") or 0, attempts=row.get("attempts", 1))
+
+
+def is_stale(root: Path, record: dict) -> bool:
+    """A running record whose process is gone: dead pid on this host, or no heartbeat for STALE_AFTER_SECONDS."""
+    if record["status"] != "running":
+        return False
+    try:
+        beat = json.loads((Path(root) / "runs" / record["id"] / Store.HEARTBEAT).read_text())
+    except (OSError, ValueError):
+        beat = {"host": record.get("host"), "pid": record.get("pid", 0), "time": record["updated"]}
+    if beat.get("host") == socket.gethostname() and beat.get("pid"):
+        return not _pid_alive(int(beat["pid"]))
+    return time.time() - beat["time"] > STALE_AFTER_SECONDS
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
+
+
+def _migrate_legacy_rows(store: Store, db: sqlite3.Connection) -> None:
+    """Write a record.json for each run of an old index that has none, then drop the old table."""
+    cur = db.execute("select * from runs")
+    cols = [d[0] for d in cur.description]
+    for values in cur.fetchall():
+        row = dict(zip(cols, values))
+        path = store.run_dir(row["id"]) / Store.RECORD
+        if not path.exists():
+            record = {k: row.get(k) for k in ("id", "status", "name", "error", "host", "created", "updated")}
+            record.update({k: json.loads(row[k] or "{}") for k in ("config", "metrics", "notes", "env")})
+            record["failure"] = "error" if row["status"] == "failed" else None
+            write_atomic(path, _dumps(record))
+    db.execute("drop table runs")
 
 
 def _dumps(obj) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
-def _record(row: dict) -> RunRecord:
-    return RunRecord(row["id"], row["status"], row["name"] or "", json.loads(row["config"]), json.loads(row["metrics"]),
-                     json.loads(row["notes"]), json.loads(row["env"]), row["error"], row["created"], row["updated"])
+def read_statuses(root: str | Path, run_ids: list[str]) -> dict[str, str]:
+    """Status of each run id in a store, read from the folders without creating or changing anything (dry runs)."""
+    root = Path(root)
+    if not (root / "runs").is_dir():
+        return {}
+    statuses = {}
+    for run_id in run_ids:
+        try:
+            record = json.loads((root / "runs" / run_id / Store.RECORD).read_text())
+            statuses[run_id] = "stale" if is_stale(root, record) else record["status"]
+        except (OSError, ValueError, KeyError):
+            pass
+    return statuses
 
 
 def load_runs(store: str | Path = DEFAULT_STORE, status: str | None = None) -> list[RunRecord]:

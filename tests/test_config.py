@@ -5,11 +5,36 @@ from slimlab.config import ExperimentConfig, build_config, config_hash, load_con
 from slimlab.errors import ConfigError
 
 # Pinned: if this changes, old stores would be silently re-keyed. Change it only with a SCHEMA_VERSION bump.
-GOLDEN_DEFAULT_HASH = "d7bb6453490be136"
+GOLDEN_DEFAULT_HASH = "cc2f496c213f97eb"
 
 
 def test_golden_hash_of_default_config():
-    assert config_hash(ExperimentConfig()) == GOLDEN_DEFAULT_HASH
+    assert config_hash(ExperimentConfig(), device="cpu") == GOLDEN_DEFAULT_HASH
+
+
+def test_the_run_id_ignores_names_and_search_paths_but_not_the_device():
+    base = build_config({"name": "study-a:float"})
+    assert config_hash(build_config({"name": "renamed:other-label"}), "cpu") == config_hash(base, "cpu")
+    assert config_hash(build_config({"data": {"root": ["/elsewhere"], "download": True}}), "cpu") == config_hash(base, "cpu")
+    assert config_hash(base, "cuda") != config_hash(base, "cpu")  # train.device auto: resolved where the run executes
+    assert config_hash(build_config({"train": {"device": "cpu"}}), "cuda") == config_hash(base, "cpu")
+    amp_off = build_config({"train": {"amp": False}})
+    assert config_hash(amp_off, "cuda") != config_hash(base, "cuda")  # a different precision on the GPU
+
+
+def test_a_moved_or_copied_dataset_is_the_same_run_and_changed_contents_are_not(tmp_path):
+    import shutil
+
+    folder = tmp_path / "a" / "photos"
+    for cls, payload in (("cat", b"x"), ("dog", b"y")):
+        (folder / cls).mkdir(parents=True)
+        (folder / cls / "1.png").write_bytes(payload)
+    original = config_hash(build_config({"data": {"name": "imagefolder", "path": str(folder)}}), "cpu")
+    copy = tmp_path / "b" / "renamed"
+    shutil.copytree(folder, copy)  # new path, new modification times, same files
+    assert config_hash(build_config({"data": {"name": "imagefolder", "path": str(copy)}}), "cpu") == original
+    (copy / "dog" / "1.png").write_bytes(b"z")
+    assert config_hash(build_config({"data": {"name": "imagefolder", "path": str(copy)}}), "cpu") != original
 
 
 def test_hash_covers_defaults_and_every_field():

@@ -20,7 +20,7 @@ def _study(tmp_path, body: str):
 def test_grid_times_variants(tmp_path):
     path = _study(tmp_path, "name: s\nbase: base.yaml\ngrid:\n  seed: [0, 1]\nvariants:\n  float: {}\n"
                             "  static:\n    steps: [{kind: quantize, method: static}]\n")
-    planned = load_study(path)
+    planned = load_study(path).runs
     assert [p.label for p in planned] == ["float/seed=0", "static/seed=0", "float/seed=1", "static/seed=1"]
     assert planned[3].config.seed == 1 and planned[3].config.steps[0]["method"] == "static"
     assert planned[0].config.name == "s:float/seed=0"
@@ -59,7 +59,7 @@ def test_seed_table_layout(tmp_path):
 
 def test_a_nested_mapping_changes_only_the_keys_it_names(tmp_path):
     path = _study(tmp_path, "base: base.yaml\nset:\n  train: {epochs: 1}\nvariants:\n  a: {model: {options: {zero_init_residual: true}}}\n")
-    config = load_study(path)[0].config
+    config = load_study(path).runs[0].config
     base = tiny_config()["train"]
     assert config.train.epochs == 1 and config.train.lr == base["lr"] and config.train.batch_size == base["batch_size"]
     assert config.model.name == "resnet20" and config.model.options == {"zero_init_residual": True}
@@ -75,28 +75,6 @@ def test_a_nested_mapping_changes_only_the_keys_it_names(tmp_path):
 def test_a_malformed_study_file_fails_in_one_sentence(tmp_path, body, match):
     with pytest.raises(ConfigError, match=match):
         load_study(_study(tmp_path, body))
-
-
-def test_a_failed_run_does_not_stop_the_study(tmp_path, monkeypatch):
-    import slimlab.executors.local as local
-
-    path = _study(tmp_path, "base: base.yaml\nvariants:\n  broken: {train.epochs: 1}\n  fine: {train.epochs: 2}\n")
-    planned = load_study(path)
-    calls = []
-
-    def fake_run(config, store, progress=True, snapshot_epochs=()):
-        calls.append(config.train.epochs)
-        if config.train.epochs == 1:
-            store.start("broken", config.model_dump(mode="json"), config.name)  # as slimlab.run does, before raising
-            raise RuntimeError("onnxruntime is not installed")
-        return "ok"
-
-    monkeypatch.setattr(local, "run", fake_run)
-    monkeypatch.setattr(local, "config_hash", lambda config: "broken")
-    store = Store(tmp_path / "store")
-    records = local.run_all(planned, store, progress=False)
-    assert calls == [1, 2] and records[1] == "ok"
-    assert records[0].status == "failed" and "onnxruntime is not installed" in records[0].error
 
 
 def test_seed_table_keeps_one_column_per_grid_point(tmp_path):

@@ -438,8 +438,8 @@ def test_an_onnxruntime_model_after_structured_pruning_reports_the_pruned_counts
 def test_a_study_trains_its_parent_once_when_a_late_rewind_follows_a_float_run(tmp_path, monkeypatch):
     import yaml
 
-    from slimlab.executors.local import run_all
-    from slimlab.plan import load_study
+    from slimlab.executors import ExecOptions, get_executor
+    from slimlab.plan import load_study, plan_stages
 
     base = _quick_config([]).model_dump(mode="json")
     base.pop("name")
@@ -451,5 +451,5 @@ def test_a_study_trains_its_parent_once_when_a_late_rewind_follows_a_float_run(t
     trainings = []
     original = sys.modules["slimlab.run"].train
     monkeypatch.setattr(sys.modules["slimlab.run"], "train", lambda *a, **k: trainings.append(1) or original(*a, **k))
-    records = run_all(load_study(tmp_path / "study.yaml"), Store(tmp_path / "store"), progress=False)
-    assert [r.status for r in records] == ["done"] * 3 and len(trainings) == 1  # the float run kept epochs 1 and 2
+    outcome = get_executor("inline")(plan_stages(load_study(tmp_path / "study.yaml")), Store(tmp_path / "store"), ExecOptions(progress=False))
+    assert list(outcome.statuses.values()) == ["done"] * 3 and len(trainings) == 1  # the parent kept epochs 1 and 2

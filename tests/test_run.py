@@ -126,7 +126,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     proc.wait()
     state = torch.load(checkpoint, weights_only=True)
     assert 1 <= state["epoch"] < 4, "killed too late to test resuming"
-    assert Store(killed_store).get(run_id).status == "running"
+    assert Store(killed_store).get(run_id).status == "stale"  # running, but its process is gone
 
     resumed = _cli("run", str(config_file), "--store", str(killed_store), "--json")
     out, err = resumed.communicate(timeout=300)

@@ -1,40 +1,161 @@
-"""Run a study's experiments in this process, in order; a failed run is recorded and the study goes on."""
+"""The `local` executor: N worker processes on this machine, the CPU's threads split between them, or one per GPU.
+
+A worker that crashes (segfault, out of memory, SIGKILL) takes down only the task it held: the task is recorded as
+failed with its class, and a fresh worker takes its place.
+"""
 from __future__ import annotations
 
-from tqdm import tqdm
+import multiprocessing as mp
+import os
+import signal
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
 
-from collections import defaultdict
+from slimlab.errors import ConfigError
+from slimlab.executors import ExecOptions, Outcome, final_statuses, register_executor
+from slimlab.executors.schedule import Schedule, ScheduleOptions
+from slimlab.plan import Plan
+from slimlab.store import Store
 
-from slimlab.config import config_hash, training_hash
-from slimlab.plan import PlannedRun
-from slimlab.run import run, snapshot_epochs
-from slimlab.store import RunRecord, Store
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
 
 
-def run_all(planned: list[PlannedRun], store: Store, progress: bool = True) -> list[RunRecord]:
-    """Run every planned experiment not yet done; return their records in plan order.
+def worker_environments(jobs: int, gpus: list[str]) -> list[dict]:
+    """Each worker's environment: its share of the CPU threads (jobs x threads <= cores), and its GPU if any."""
+    cores = available_cores()
+    if not gpus and jobs > cores:
+        raise ConfigError(f"-j {jobs}: this machine has {cores} cores, and each worker needs at least one; use -j {cores} or less")
+    workers = len(gpus) or jobs
+    threads = max(1, cores // workers)
+    envs = []
+    for i in range(workers):
+        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "SLIMLAB_THREADS": str(threads),
+               "SLIMLAB_EXECUTOR": f"local, {workers} workers x {threads} threads"}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[i]
+        envs.append(env)
+    return envs
 
-    A run that raises (a missing optional package, a user model that fails to build) is already recorded as failed
-    with its reason; it is reported in one line and the study goes on. Ctrl-C stops the study."""
-    # Epochs any run rewinds to, per shared training: the first run to train keeps them all, so no later run of the
-    # same training has to train it again to get an epoch the first one passed without saving.
-    keys = [training_hash(item.config) for item in planned]
-    wanted = defaultdict(set)
-    for item, key in zip(planned, keys):
-        wanted[key] |= snapshot_epochs(item.config)
-    records = []
-    bar = tqdm(list(zip(planned, keys)), desc="study", unit="run", disable=not progress)
-    for item, key in bar:
-        bar.set_postfix_str(item.label)
-        try:
-            records.append(run(item.config, store, progress=progress, snapshot_epochs=wanted[key]))
-        except Exception as exc:  # noqa: BLE001 - any run's failure is the run's, not the study's
-            tqdm.write(f"slimlab: run {item.label} failed: {type(exc).__name__}: {exc}")
-            run_id = config_hash(item.config)
-            record = store.get(run_id)
-            if record is None:  # it failed before the run was recorded
-                store.start(run_id, item.config.model_dump(mode="json"), item.config.name)
-            if record is None or record.status != "failed":
-                store.fail(run_id, f"{type(exc).__name__}: {exc}")
-            records.append(store.get(run_id))
-    return records
+
+def _worker_main(conn: Connection, env: dict, store_root: str) -> None:
+    """A worker: set its threads and GPU before torch starts, then execute tasks until told to stop."""
+    os.environ.update(env)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    import torch
+
+    from slimlab.executors.tasks import execute_task
+
+    torch.set_num_threads(int(env["SLIMLAB_THREADS"]))
+    store = Store(store_root)
+    while (task := conn.recv()) is not None:
+        if task["kind"] == "latency":  # timed alone, with every core
+            torch.set_num_threads(available_cores())
+        conn.send(execute_task(task, store))
+        torch.set_num_threads(int(env["SLIMLAB_THREADS"]))
+
+
+@dataclass
+class Worker:
+    process: mp.Process
+    conn: Connection
+    env: dict
+    task: dict | None = None
+
+
+def _start_worker(context, env: dict, store_root: str) -> Worker:
+    ours, theirs = context.Pipe()
+    process = context.Process(target=_worker_main, args=(theirs, env, store_root), daemon=True)
+    process.start()
+    theirs.close()
+    return Worker(process, ours, env)
+
+
+def oom_kills() -> int:
+    """Out-of-memory kills so far in this process's cgroup (v2), to tell an OOM kill from another SIGKILL."""
+    try:
+        for line in Path("/sys/fs/cgroup/memory.events").read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return -1
+
+
+def crash_result(exitcode: int | None, oom_before: int) -> dict:
+    """The failure of a task whose worker process died."""
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        if -exitcode == signal.SIGKILL:
+            if oom_before >= 0 and oom_kills() > oom_before:
+                return {"ok": False, "failure": "oom", "error": "the worker was killed by the kernel's out-of-memory killer"}
+            return {"ok": False, "failure": "killed", "error": "the worker was killed by SIGKILL (out of memory, or killed from outside)"}
+        kind = "killed" if -exitcode in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) else "error"
+        return {"ok": False, "failure": kind, "error": f"the worker died of {name}"}
+    return {"ok": False, "failure": "error", "error": f"the worker exited with status {exitcode}"}
+
+
+@register_executor("local")
+def execute_local(plan: Plan, store: Store, options: ExecOptions) -> Outcome:
+    """Run the plan in worker processes; latencies are timed at the end, alone, when more than one worker runs."""
+    envs = worker_environments(options.jobs, options.gpus)
+    schedule = Schedule(plan, store, ScheduleOptions(options.retries, options.max_same_failures, defer_latency=len(envs) > 1))
+    context = mp.get_context("spawn")  # never fork a process that may hold torch threads or CUDA
+    workers = [_start_worker(context, env, str(store.root)) for env in envs]
+    messages: list[str] = []
+    try:
+        _drive(schedule, workers, context, str(store.root), messages, options.progress)
+    finally:
+        for worker in workers:
+            _stop(worker)
+    return Outcome(final_statuses(plan, store), messages, schedule.stopped)
+
+
+def _drive(schedule: Schedule, workers: list[Worker], context, store_root: str, messages: list[str], progress: bool) -> None:
+    oom_before = oom_kills()
+    while not schedule.done():
+        for worker in workers:
+            if worker.task is None and (task := schedule.next_task()) is not None:
+                worker.task = task
+                worker.conn.send(task)
+                _say(progress, f"started {task['label']}")
+        busy = [w for w in workers if w.task is not None]
+        if not busy:
+            break
+        ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+        for i, worker in enumerate(workers):
+            if worker.task is None or (worker.conn not in ready and worker.process.sentinel not in ready):
+                continue
+            try:
+                result = worker.conn.recv()
+            except (EOFError, OSError):  # the worker died mid-task
+                worker.process.join()
+                result = crash_result(worker.process.exitcode, oom_before)
+                oom_before = oom_kills()
+                workers[i] = _start_worker(context, worker.env, store_root)
+            task, worker.task = worker.task, None
+            line = schedule.finished(task, result)
+            _say(progress, line or f"finished {task['label']}")
+            if line:
+                messages.append(line)
+
+
+def _say(progress: bool, line: str) -> None:
+    if progress:
+        print(f"slimlab: {line}", flush=True)
+
+
+def _stop(worker: Worker) -> None:
+    try:
+        worker.conn.send(None)
+    except (BrokenPipeError, OSError):
+        pass
+    worker.process.join(timeout=5)
+    if worker.process.is_alive():
+        worker.process.terminate()
+        worker.process.join()

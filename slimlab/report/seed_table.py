@@ -42,6 +42,6 @@ def seed_table(records: list[RunRecord], study: str) -> str:
             cells.append(f"{'NA':>{col}}" if value is None else f"{value:>{col}.{3 if abs(value) < 10 else 2}f}")
         lines.append(f"{label:{width}}  " + "  ".join(cells))
     # Latencies are comparable only on one device: a float model trained on a GPU is timed there, int8 on the CPU.
-    devices = [r.notes.get("latency", "").rsplit(" on ", 1)[-1] if " on " in r.notes.get("latency", "") else "NA" for _, _, r in columns]
+    devices = [r.env.get("device", "NA") for _, _, r in columns]
     lines.append(f"{'Inference device':{width}}  " + "  ".join(f"{d:>{col}}" for d in devices))
     return "\n".join(lines)

@@ -1,0 +1,104 @@
+"""What a report reads from a record: each metric with its label and unit, latency states, data set, device, spread."""
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from dataclasses import dataclass
+from typing import Callable
+
+from slimlab.report.study import StudyRun
+
+_LATENCY = re.compile(r"latency_b(\d+)_median_ms$")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A figure read from a run's metrics, in the unit its label names; `read` returns None where it is absent."""
+
+    key: str
+    label: str
+    read: Callable[[dict], float | None]
+
+
+def _scaled(key: str, factor: float) -> Callable[[dict], float | None]:
+    return lambda m: m[key] * factor if key in m else None
+
+
+def _top1_change(m: dict) -> float | None:
+    return m["top1"] - m["float_top1"] if "top1" in m and "float_top1" in m else None
+
+
+METRICS = {
+    "top1": Metric("top1", "Top-1 accuracy (%)", _scaled("top1", 1)),
+    "top1_change": Metric("top1_change", "Top-1 change vs float parent (points)", _top1_change),
+    "size": Metric("size", "Size on disk (MB)", _scaled("model_size_bytes", 1e-6)),
+    "train_time": Metric("train_time", "Training time (s)", _scaled("total_train_seconds", 1)),
+    "quant_sqnr": Metric("quant_sqnr", "Quantization error, SQNR of logits (dB)", _scaled("quant_sqnr_db", 1)),
+    "quant_rel_l2": Metric("quant_rel_l2", "Quantization error, rel. L2 of logits", _scaled("quant_rel_l2", 1)),
+    "sparsity": Metric("sparsity", "Sparsity of pruned layers (%)", _scaled("prune_sparsity", 100)),
+    "nonzero_params": Metric("nonzero_params", "Non-zero parameters (M)", _scaled("nonzero_params", 1e-6)),
+    "macs": Metric("macs", "MACs per image (M)", _scaled("macs", 1e-6)),
+    "nonzero_macs": Metric("nonzero_macs", "MACs with a non-zero weight (M)", _scaled("prune_nonzero_macs_after", 1e-6)),
+    "sparse_size": Metric("sparse_size", "Sparse size, bitmask + non-zeros (MB)", _scaled("prune_sparse_bytes", 1e-6)),
+    "energy": Metric("energy", "Training energy (J)", _scaled("train_energy_j", 1)),
+}
+
+
+def latency_metric(batch: int) -> Metric:
+    return Metric(f"latency_b{batch}", f"Latency, batch {batch}, median (ms)", _scaled(f"latency_b{batch}_median_ms", 1))
+
+
+def metric(key: str) -> Metric:
+    """A metric by its key (`size`, `latency_b1`, ...); an unknown key is refused with the known ones."""
+    match = re.fullmatch(r"latency_b(\d+)", key)
+    if match:
+        return latency_metric(int(match.group(1)))
+    if key not in METRICS:
+        raise ValueError(f"unknown metric '{key}'; known: latency_bN, {', '.join(METRICS)}")
+    return METRICS[key]
+
+
+def batch_sizes(runs: list[StudyRun]) -> list[int]:
+    """Batch sizes with a latency measured, or due, in any of the runs."""
+    found = {int(m.group(1)) for r in runs for k in r.metrics if (m := _LATENCY.match(k))}
+    for r in runs:
+        if r.record:
+            found.update(r.record.config.get("measure", {}).get("batch_sizes", []))
+    return sorted(found)
+
+
+def latency_state(run: StudyRun, batch: int) -> str:
+    """`measured`, `noisy`, `pending` (not yet timed) or `missing` (a run not done, or never timed)."""
+    if run.status != "done":
+        return "missing"
+    if run.record.notes.get("latency_status") == "pending":
+        return "pending"
+    if f"latency_b{batch}_median_ms" not in run.metrics:
+        return "missing"
+    return "noisy" if run.record.notes.get("latency_noisy") else "measured"
+
+
+def device(run: StudyRun) -> str:
+    return run.record.env.get("device", "unknown device") if run.record else "unknown device"
+
+
+def dataset(run: StudyRun) -> str:
+    return run.record.config.get("data", {}).get("name", "unknown data") if run.record else "unknown data"
+
+
+def joined(values) -> str:
+    return ", ".join(dict.fromkeys(values)) or "none"
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def values(runs: list[StudyRun], m: Metric) -> list[float]:
+    """The metric of each done run that has it."""
+    return [v for r in runs if (v := m.read(r.metrics)) is not None]
