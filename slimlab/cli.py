@@ -51,8 +51,10 @@ def cmd_study(args) -> int:
     if args.dry_run:
         return _print_dry_run(plan, args.store)
     outcome = execute(plan, _store(args), args.executor, options)
-    for line in outcome.messages[-3:] if len(outcome.messages) > 3 else ():
+    for line in outcome.messages[:20]:  # what failed, and what was retried
         print(f"slimlab: {line}", file=sys.stderr)
+    if len(outcome.messages) > 20:
+        print(f"slimlab: ... and {len(outcome.messages) - 20} more; `slimlab status {study.name}` lists every failed run", file=sys.stderr)
     counts = {s: list(outcome.statuses.values()).count(s) for s in sorted(set(outcome.statuses.values()))}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
     print(f"{study.name}: {len(plan.runs)} runs: {summary}" + (f"; {outcome.stopped}" if outcome.stopped else ""))
@@ -120,6 +122,47 @@ def cmd_table(args) -> int:
     from slimlab.report.seed_table import seed_table
 
     print(seed_table(_store(args, must_exist=True).runs(), args.study))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from slimlab.report import write_report
+
+    page = write_report(args.store, args.study, args.out, args.references, layer_run=args.layers_run)
+    print(f"report: {page.resolve()}")
+    return 0
+
+
+def cmd_studies(args) -> int:
+    from slimlab.report import list_studies
+
+    rows = list_studies(args.store)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    if not rows:
+        print(f"no studies in {args.store}")
+        return 0
+    width = max(5, *(len(r["name"]) for r in rows))
+    print(f"{'study':{width}}  {'runs':>5}  {'done':>5}  {'failed':>6}  {'pending':>7}")
+    for r in rows:
+        print(f"{r['name']:{width}}  {r['runs']:>5}  {r['done']:>5}  {r['failed']:>6}  {r['pending']:>7}")
+    return 0
+
+
+def cmd_recommend(args) -> int:
+    from slimlab.report import format_recommendation, load_study, recommend, write_experiment
+
+    study = load_study(args.store, args.study)
+    try:
+        rec = recommend(study.runs, args.max_drop, args.minimize)
+    except ValueError as exc:  # an unknown --minimize, a negative --max-drop
+        raise SlimlabError(str(exc)) from None
+    print(format_recommendation(rec, study.name))
+    if rec.best is None:
+        return 1
+    print(f"experiment file: {write_experiment(rec.best, args.out)}")
     return 0
 
 
@@ -246,6 +289,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_store(sub.add_parser("table", help="print a study's runs in the seed deck's table layout"))
     p.add_argument("study", help="the study's name")
     p.set_defaults(fn=cmd_table)
+
+    p = with_store(sub.add_parser("report", help="write a study's report: an offline HTML page, PNG figures, CSV and Markdown tables"))
+    p.add_argument("study", nargs="?", help="the study's name (default: the store's only study, else every run)")
+    p.add_argument("--out", default="report", help="folder to write into (default: report)")
+    p.add_argument("--references", metavar="CSV", help="points to draw: columns label, top1 and any of size_mb, latency_b<N>_ms, energy_j, sparsity_pct")
+    p.add_argument("--layers-run", metavar="ID", help="run whose per-layer sparsity and SQNR to show (default: the sparsest; the largest quantization error)")
+    p.set_defaults(fn=cmd_report)
+
+    p = with_store(sub.add_parser("studies", help="list the studies in a store with their run counts"))
+    p.add_argument("--json", action="store_true", help="one JSON object per study")
+    p.set_defaults(fn=cmd_studies)
+
+    p = with_store(sub.add_parser("recommend", help="the best measured configuration within an accuracy budget of its float parent"))
+    p.add_argument("study", nargs="?", help="the study's name (default: the store's only study, else every run)")
+    p.add_argument("--max-drop", type=float, default=1.0, help="top-1 points the pick may lose against its float parent (default 1.0)")
+    p.add_argument("--minimize", default="latency_b1", help="latency_b<N>, size, energy or macs (default latency_b1)")
+    p.add_argument("--out", default="recommended.yaml", help="where to write the pick's experiment file")
+    p.set_defaults(fn=cmd_recommend)
 
     p = with_store(sub.add_parser("runs", help="list recorded runs"))
     p.add_argument("--json", action="store_true", help="one JSON object per run (id, status, config, metrics, ...)")

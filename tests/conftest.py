@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 JPEG_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.xz"
@@ -76,3 +77,55 @@ def _no_network(monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     monkeypatch.setenv("SLIMLAB_DATA", os.environ.get("SLIMLAB_DATA", ""))
+
+
+# A model that appends a line to a file at the start of each training epoch (the loop's own model.train() call; runs
+# that reuse a parent never make it), so trainings can be counted across worker processes. `crash` makes the
+# process die as a segfault would; `kill_once` SIGKILLs it the first time only.
+COUNTED_MODEL = '''
+import os, signal, sys
+from torch import nn
+from slimlab.models import create_model
+
+class Counted(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+    def train(self, mode=True):
+        if mode and sys._getframe(1).f_code.co_name == "train":  # the training loop, not evaluate() restoring the mode
+            with open(os.environ["COUNT_FILE"], "a") as f:
+                f.write(f"{os.getpid()}\\n")
+        return super().train(mode)
+
+def build(num_classes, in_channels, image_size, crash=False, kill_once=None):
+    if crash:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if kill_once and not os.path.exists(kill_once):
+        open(kill_once, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return Counted(create_model("resnet20", num_classes, in_channels, image_size))
+'''
+
+
+@pytest.fixture
+def counted(tmp_path, monkeypatch):
+    """The counting model on the path of this process and of the workers it spawns; returns the count file."""
+    (tmp_path / "counted.py").write_text(COUNTED_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    count = tmp_path / "trainings.txt"
+    monkeypatch.setenv("COUNT_FILE", str(count))
+    return count
+
+
+def write_study(tmp_path, study: dict, base: dict | None = None) -> Path:
+    """study.yaml (with `base: base.yaml`) and its base experiment, by default one epoch of the counting model."""
+    base = base or tiny_config(**{"train.epochs": 1, "model.name": "counted:build"})
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"base": "base.yaml", **study}))
+    return path

@@ -3,7 +3,7 @@
 Use the session-scoped `slurm_cluster` fixture by listing this module in `pytest_plugins` (root conftest or a test module;
 importing the fixture into several modules would start one cluster per module), or
 `with start_cluster(tmp_dir, max_array_size=...) as cluster:` for a cluster of your own.
-Needs root and Debian's slurm-wlm + munge (`.ci/slurm-deps`); skips with the reason where they are missing.
+Needs root and Debian's slurm-wlm + munge (`.ci/system-deps`); skips with the reason where they are missing.
 """
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ def check_prerequisites() -> None:
         pytest.skip("the SLURM test cluster needs root (SlurmUser=root, munged as root)")
     missing = [b for b in BINARIES if shutil.which(b) is None]
     if missing:
-        pytest.skip(f"SLURM binaries missing: {', '.join(missing)} (run .ci/slurm-deps)")
+        pytest.skip(f"SLURM binaries missing: {', '.join(missing)} (run .ci/system-deps)")
 
 
 def start_munge(run_dir: Path, daemons: Daemons) -> Path:

@@ -11,62 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, tiny_config
+from conftest import REPO, tiny_config, write_study
 from slimlab.errors import ConfigError
 from slimlab.executors import ExecOptions, execute
 from slimlab.plan import load_study, plan_stages
 from slimlab.store import Store
-
-# A model that appends a line to a file at the start of each training epoch (the loop's own model.train() call; runs
-# that reuse a parent never make it), so trainings can be counted across worker processes. `crash` makes the
-# process die as a segfault would; `kill_once` SIGKILLs it the first time only.
-COUNTED_MODEL = '''
-import os, signal, sys
-from torch import nn
-from slimlab.models import create_model
-
-class Counted(nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(x)
-
-    def train(self, mode=True):
-        if mode and sys._getframe(1).f_code.co_name == "train":  # the training loop, not evaluate() restoring the mode
-            with open(os.environ["COUNT_FILE"], "a") as f:
-                f.write(f"{os.getpid()}\\n")
-        return super().train(mode)
-
-def build(num_classes, in_channels, image_size, crash=False, kill_once=None):
-    if crash:
-        os.kill(os.getpid(), signal.SIGSEGV)
-    if kill_once and not os.path.exists(kill_once):
-        open(kill_once, "w").close()
-        os.kill(os.getpid(), signal.SIGKILL)
-    return Counted(create_model("resnet20", num_classes, in_channels, image_size))
-'''
-
-
-@pytest.fixture
-def counted(tmp_path, monkeypatch):
-    """The counting model on the path of this process and of the workers it spawns; returns the count file."""
-    (tmp_path / "counted.py").write_text(COUNTED_MODEL)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
-    count = tmp_path / "trainings.txt"
-    monkeypatch.setenv("COUNT_FILE", str(count))
-    return count
-
-
-def _write_study(tmp_path, study: dict, base: dict | None = None) -> Path:
-    base = base or tiny_config(**{"train.epochs": 1, "model.name": "counted:build"})
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({"base": "base.yaml", **study}))
-    return path
-
 
 def _execute(path, store_root, executor="local", **options):
     plan = plan_stages(load_study(path))
@@ -81,7 +30,7 @@ def _trainings(count_file: Path) -> int:
 
 
 def test_grid_zip_seeds_and_exclude_expand_to_the_expected_points_and_labels(tmp_path):
-    path = _write_study(tmp_path, {
+    path = write_study(tmp_path, {
         "name": "seedgrid",
         "grid": {"steps.0.amount": [0.0, 0.5, 0.8]},
         "zip": {"steps.0.rounds": [1, 3], "steps.0.schedule": ["oneshot", "iterative"]},
@@ -112,7 +61,7 @@ def test_grid_zip_seeds_and_exclude_expand_to_the_expected_points_and_labels(tmp
 ])
 def test_a_malformed_study_axis_fails_in_one_sentence(tmp_path, extra, match):
     with pytest.raises(ConfigError, match=match):
-        load_study(_write_study(tmp_path, extra))
+        load_study(write_study(tmp_path, extra))
 
 
 def test_an_experiment_file_given_to_study_says_which_verb_it_is_for(tmp_path):
@@ -128,7 +77,7 @@ def _cli(*args, cwd=REPO, **kw):
 
 
 def test_the_dry_run_creates_nothing_and_prints_each_run_once(tmp_path, counted):
-    path = _write_study(tmp_path, {"grid": {"seed": [0, 1]}, "variants": {"a": {}, "b": {"measure": {"batch_sizes": [2]}}}})
+    path = write_study(tmp_path, {"grid": {"seed": [0, 1]}, "variants": {"a": {}, "b": {"measure": {"batch_sizes": [2]}}}})
     store = tmp_path / "nothing-here"
     out = _cli("study", str(path), "--store", str(store), "--dry-run")
     assert out.returncode == 0, out.stderr
@@ -143,7 +92,7 @@ def test_the_dry_run_creates_nothing_and_prints_each_run_once(tmp_path, counted)
 
 
 def test_six_runs_sharing_two_trainings_train_exactly_twice_across_two_workers(tmp_path, counted):
-    path = _write_study(tmp_path, {"seeds": [0, 1], "variants": {
+    path = write_study(tmp_path, {"seeds": [0, 1], "variants": {
         "a": {}, "b": {"measure": {"batch_sizes": [2]}}, "c": {"measure": {"batch_sizes": [3]}}}})
     outcome = _execute(path, tmp_path / "store", jobs=2)
     assert list(outcome.statuses.values()) == ["done"] * 6
@@ -157,7 +106,7 @@ def test_six_runs_sharing_two_trainings_train_exactly_twice_across_two_workers(t
 
 
 def test_a_crashing_run_is_recorded_and_the_others_finish(tmp_path, counted):
-    path = _write_study(tmp_path, {"variants": {"fine": {}, "segfault": {"model.options": {"crash": True}},
+    path = write_study(tmp_path, {"variants": {"fine": {}, "segfault": {"model.options": {"crash": True}},
                                                  "also_fine": {"seed": 3}}})
     outcome = _execute(path, tmp_path / "store", jobs=2)
     statuses = {r.name.split(":")[1]: r for r in Store(tmp_path / "store").runs()}
@@ -169,7 +118,7 @@ def test_a_crashing_run_is_recorded_and_the_others_finish(tmp_path, counted):
 
 def test_a_killed_worker_is_retried_as_transient_and_errors_are_not(tmp_path, counted):
     marker = tmp_path / "killed-once"
-    path = _write_study(tmp_path, {"variants": {"killed": {"model.options": {"kill_once": str(marker)}},
+    path = write_study(tmp_path, {"variants": {"killed": {"model.options": {"kill_once": str(marker)}},
                                                  "broken": {"model.name": "nowhere_module:build", "seed": 5}}})
     outcome = _execute(path, tmp_path / "store", jobs=1, retries=2)
     records = {r.name.split(":")[1]: r for r in Store(tmp_path / "store").runs()}
@@ -180,7 +129,7 @@ def test_a_killed_worker_is_retried_as_transient_and_errors_are_not(tmp_path, co
 
 def test_the_study_stops_after_k_runs_fail_with_the_same_error(tmp_path, counted):
     variants = {f"v{i}": {"model.name": "nowhere_module:build", "seed": i, "train.epochs": 0} for i in range(4)}
-    outcome = _execute(_write_study(tmp_path, {"variants": variants}), tmp_path / "store", executor="inline", max_same_failures=2)
+    outcome = _execute(write_study(tmp_path, {"variants": variants}), tmp_path / "store", executor="inline", max_same_failures=2)
     assert list(outcome.statuses.values()).count("failed") == 2 and list(outcome.statuses.values()).count("missing") == 2
     assert outcome.stopped.startswith("stopped after 2 failures with the same error")
 
@@ -201,7 +150,7 @@ def _kill_when(proc, condition, timeout=180):
 
 def test_a_study_killed_twice_resumes_with_one_done_record_per_point_and_repeats_no_finished_work(tmp_path, counted):
     base = tiny_config(**{"train.epochs": 3, "model.name": "counted:build", "data.options": {"train_size": 256, "test_size": 64}})
-    path = _write_study(tmp_path, {"seeds": [0, 1, 2], "variants": {"a": {}, "b": {"measure": {"batch_sizes": [2]}}}}, base)
+    path = write_study(tmp_path, {"seeds": [0, 1, 2], "variants": {"a": {}, "b": {"measure": {"batch_sizes": [2]}}}}, base)
     store = tmp_path / "store"
 
     def done():
@@ -224,7 +173,7 @@ def test_a_study_killed_twice_resumes_with_one_done_record_per_point_and_repeats
 
 def test_the_index_deleted_and_rebuilt_gives_the_same_runs_json(tmp_path, counted):
     store = tmp_path / "store"
-    _execute(_write_study(tmp_path, {"seeds": [0, 1]}), store, executor="inline")
+    _execute(write_study(tmp_path, {"seeds": [0, 1]}), store, executor="inline")
     before = _cli("runs", "--store", str(store), "--json")
     (store / "index.sqlite").unlink()
     rebuilt = _cli("reindex", "--store", str(store))
@@ -246,7 +195,7 @@ def test_records_written_without_the_index_reach_it_later(tmp_path):
 
 
 def test_a_run_whose_process_died_is_stale_and_the_next_invocation_finishes_it(tmp_path, counted):
-    path = _write_study(tmp_path, {})
+    path = write_study(tmp_path, {})
     plan = plan_stages(load_study(path))
     store = Store(tmp_path / "store")
     store.save_study(plan.manifest())  # as `slimlab study` does before it executes
@@ -271,9 +220,9 @@ def test_a_run_whose_process_died_is_stale_and_the_next_invocation_finishes_it(t
 
 
 def test_renaming_a_study_or_its_variants_runs_nothing_again(tmp_path, counted):
-    path = _write_study(tmp_path, {"name": "first", "variants": {"a": {}, "b": {"measure": {"batch_sizes": [2]}}}})
+    path = write_study(tmp_path, {"name": "first", "variants": {"a": {}, "b": {"measure": {"batch_sizes": [2]}}}})
     _execute(path, tmp_path / "store", executor="inline")
-    renamed = _write_study(tmp_path, {"name": "second", "variants": {"x": {}, "y": {"measure": {"batch_sizes": [2]}}}})
+    renamed = write_study(tmp_path, {"name": "second", "variants": {"x": {}, "y": {"measure": {"batch_sizes": [2]}}}})
     out = _cli("study", str(renamed), "--store", str(tmp_path / "store"), "--dry-run")
     assert "2 done" in out.stdout.splitlines()[0] and "to run" not in out.stdout
 

@@ -114,12 +114,14 @@ def batch_script(task_file: Path, offset: int, threads: int | None) -> str:
             f"{command} &\nchild=$!\nwait $child\nwait $child\n")
 
 
-def submit(groups: list[list[dict]], kind: str, folder: Path, settings: dict, store: Store, after: list[str]) -> list[dict]:
-    """Submit task groups as job arrays (split at MaxArraySize, at most max_parallel running), each array after the
-    jobs in `after`; returns [{"id", "kind", "file", "offset", "size"}] for the manifest."""
+def submit(groups: list[list[dict]], kind: str, folder: Path, settings: dict, store: Store, after: list[str],
+           require_success: bool = False) -> list[dict]:
+    """Submit task groups as job arrays (split at MaxArraySize, at most max_parallel running at once), after the jobs
+    in `after` have ended (or succeeded, when `require_success`: then cancelled if one fails). Returns, per array,
+    {"id", "kind", "file", "offset", "size"} for the manifest."""
     if not groups:
         return []
-    task_file = folder / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
+    task_file = folder / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.monotonic_ns() % 10**6}.json"
     write_atomic(task_file, json.dumps({"store": str(store.root.resolve()), "groups": groups}).encode())
     exclusive = kind == "latency"
     limit = 1 if exclusive else max_array_size()
@@ -130,7 +132,9 @@ def submit(groups: list[list[dict]], kind: str, folder: Path, settings: dict, st
         write_atomic(script, batch_script(task_file, offset, None if exclusive else int(settings["cpus_per_run"])).encode())
         args = sbatch_args(settings, f"slimlab-{kind}", folder, exclusive)
         args.append(f"--array=0-{size - 1}" + (f"%{int(settings['max_parallel'])}" if settings["max_parallel"] else ""))
-        args += [f"--dependency=afterany:{':'.join(after)}"] if after else []
+        if after:
+            args += [f"--dependency={'afterok' if require_success else 'afterany'}:{':'.join(after)}"]
+            args += ["--kill-on-invalid-dep=yes"] if require_success else []
         out = slurm("sbatch", *args, str(script))
         if out.returncode != 0:
             raise SlimlabError(f"sbatch refused the {kind} jobs: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
@@ -138,18 +142,24 @@ def submit(groups: list[list[dict]], kind: str, folder: Path, settings: dict, st
     return jobs
 
 
-def active_ids(jobs: list[dict]) -> tuple[set[str], list[dict]]:
-    """Of earlier submissions: the ids of the tasks still queued or running, and the jobs that hold them."""
-    busy, holding = set(), []
+def task_refs(jobs: list[dict]) -> dict[str, str]:
+    """Task id -> the array task that holds it ('JOBID_INDEX'), for dependencies and for explaining failures."""
+    refs = {}
+    for job in jobs:
+        groups = json.loads(Path(job["file"]).read_text())["groups"]
+        for index in range(job["size"]):
+            refs.update({task["id"]: f"{job['id']}_{index}" for task in groups[job["offset"] + index]})
+    return refs
+
+
+def active_refs(jobs: list[dict]) -> dict[str, str]:
+    """Of earlier submissions: task id -> array task, for the tasks still queued or running."""
+    live = {}
     for job in jobs:
         states = job_states(job["id"])
-        groups = json.loads(Path(job["file"]).read_text())["groups"] if states else []
-        live = [i for i, state in states.items() if state in ACTIVE]
-        for index in live:
-            busy |= {task["id"] for task in groups[job["offset"] + (index or 0)]}
-        if live:
-            holding.append(job)
-    return busy, holding
+        refs = task_refs([job]) if states else {}
+        live.update({tid: ref for tid, ref in refs.items() if states.get(int(ref.rsplit("_", 1)[1]), "") in ACTIVE})
+    return live
 
 
 def _groups(tasks: list[dict], per_group: int) -> list[list[dict]]:
@@ -157,9 +167,9 @@ def _groups(tasks: list[dict], per_group: int) -> list[list[dict]]:
 
 
 def submit_missing(plan: Plan, store: Store, settings: dict, earlier: list[dict]) -> list[dict]:
-    """Submit what is neither done nor still queued or running from an earlier submission: trainings first, then the
-    runs after them, then the latency job after the runs."""
-    busy, holding = active_ids(earlier)
+    """Submit what is neither done nor still queued or running from an earlier submission: the trainings, then each
+    parent's runs once it has trained (cancelled if it fails), then the latency job once every run has ended."""
+    busy = active_refs(earlier)
     records = {r.id: r for r in store.runs()}
     todo = [s for s in plan.runs if getattr(records.get(s.id), "status", None) != "done" and s.id not in busy]
     keys = {s.training for s in todo}
@@ -169,14 +179,17 @@ def submit_missing(plan: Plan, store: Store, settings: dict, earlier: list[dict]
     if not (todo or trainings or pending):
         return []
     folder = store.root / "slurm" / plan.study.name
-    snapshots = {t.key: t.snapshot_epochs for t in plan.trainings}
     jobs = submit([[training_task(t, plan)] for t in trainings], "train", folder, settings, store, [])
-    run_tasks = [run_task(s, plan, snapshots.get(s.training, frozenset()), defer_latency=True) for s in todo]
-    jobs += submit(_groups(run_tasks, int(settings["runs_per_task"])), "run", folder, settings, store,
-                   [j["id"] for j in jobs + holding if j["kind"] == "train"])
+    parents = {**busy, **task_refs(jobs)}
+    snapshots = {t.key: t.snapshot_epochs for t in plan.trainings}
+    for parent in dict.fromkeys(s.training for s in todo):
+        tasks = [run_task(s, plan, snapshots.get(s.training, frozenset()), defer_latency=True) for s in todo if s.training == parent]
+        after = [parents[parent]] if parent in parents else []
+        jobs += submit(_groups(tasks, int(settings["runs_per_task"])), "run", folder, settings, store, after, require_success=True)
     labels = {s.id: s.planned.label for s in plan.runs}
     latency = [latency_task(s.id, labels[s.id]) for s in todo] + [latency_task(r.id, labels.get(r.id, r.name)) for r in pending]
-    return jobs + submit([latency], "latency", folder, settings, store, [j["id"] for j in jobs + holding])
+    after = [j["id"] for j in jobs] + sorted({ref.rsplit("_", 1)[0] for ref in busy.values()})
+    return jobs + submit([latency], "latency", folder, settings, store, after)
 
 
 def wait_for(jobs: list[dict], store: Store, plan: Plan, progress: bool) -> None:
@@ -193,20 +206,32 @@ def wait_for(jobs: list[dict], store: Store, plan: Plan, progress: bool) -> None
 
 
 def record_job_failures(jobs: list[dict], store: Store) -> list[str]:
-    """Runs whose job ended without finishing them (cancelled, timed out, preempted, node failure): recorded failed
-    with the class their job's final state gives. Returns a line per run."""
-    lines = []
-    for job in jobs:
-        if job["kind"] != "run":
-            continue
+    """Runs whose job ended without finishing them (cancelled, timed out, preempted, node failure, or never started
+    because their parent's training failed): recorded failed with the class the job's final state gives."""
+    lines, refs = [], task_refs(jobs)
+    states = {job["id"]: job_states(job["id"]) for job in jobs}
+
+    def state_of(ref: str) -> str:
+        job_id, index = ref.rsplit("_", 1)
+        return states.get(job_id, {}).get(int(index), "UNKNOWN")
+
+    for job in (j for j in jobs if j["kind"] == "run"):
         groups = json.loads(Path(job["file"]).read_text())["groups"]
-        for index, state in job_states(job["id"]).items():
-            for task in groups[job["offset"] + (index or 0)]:
+        for index in range(job["size"]):
+            for task in groups[job["offset"] + index]:
                 record = store.get(task["id"])
-                if record is None or record.status in ("running", "stale"):
-                    failure = FAILURE_OF_STATE.get(state, "killed")
-                    record_failure(store, task, {"failure": failure, "error": f"slurm job {job['id']}_{index} ended {state}"})
-                    lines.append(f"{task['label']}: slurm job {job['id']}_{index} ended {state} ({failure})")
+                if record is not None and record.status not in ("running", "stale"):
+                    continue
+                ref, state = f"{job['id']}_{index}", state_of(f"{job['id']}_{index}")
+                parent = refs.get(task.get("training"))
+                if parent and state_of(parent) != "COMPLETED":  # it never started: its parent did not train
+                    ref, state = parent, state_of(parent)
+                    why = f"its parent training (slurm job {ref}) ended {state}"
+                else:
+                    why = f"slurm job {ref} ended {state}"
+                failure = FAILURE_OF_STATE.get(state, "killed")
+                record_failure(store, task, {"failure": failure, "error": why})
+                lines.append(f"{task['label']}: {why} ({failure})")
     return lines
 
 
@@ -222,7 +247,7 @@ def execute_slurm(plan: Plan, store: Store, options: ExecOptions) -> Outcome:
         if options.detach:
             return Outcome(final_statuses(plan, store), [f"submitted slurm jobs {', '.join(j['id'] for j in jobs) or 'none'}"],
                            submitted=bool(jobs))
-        if not jobs and not active_ids(earlier)[1]:
+        if not jobs and not active_refs(earlier):
             break
         wait_for(earlier + jobs, store, plan, options.progress)
         store.sync()
@@ -243,6 +268,7 @@ def main(argv: list[str]) -> int:
     if os.environ.get("SLIMLAB_THREADS"):
         torch.set_num_threads(int(os.environ["SLIMLAB_THREADS"]))
     store = Store(data["store"], index=False)
+    failed = 0
     for task in data["groups"][offset + int(os.environ.get("SLURM_ARRAY_TASK_ID", 0))]:
         record = store.get(task["id"]) if task["kind"] != "train" else None
         if task["kind"] == "run" and record is not None and record.status == "done":
@@ -252,8 +278,9 @@ def main(argv: list[str]) -> int:
         result = execute_task(task, store)
         if not result["ok"] and task["kind"] == "run":
             record_failure(store, task, result)
+        failed += not result["ok"]
         print(f"slimlab: {task['label']}: {'done' if result['ok'] else result['error']}", flush=True)
-    return 0
+    return 1 if failed else 0  # a failed training cancels the runs that wait on it (afterok)
 
 
 if __name__ == "__main__":
