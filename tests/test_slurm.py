@@ -108,3 +108,25 @@ def test_an_attached_study_records_a_cancelled_run_as_killed_and_retries_it(clus
     records = Store(store).runs()
     assert len(records) == 2 and all(r.status == "done" for r in records)
     assert max(r.attempts for r in records) == 2  # the cancelled run ran again
+
+
+def test_a_job_told_its_time_is_up_requeues_itself_and_resumes_from_its_checkpoint(cluster_env, tmp_path, counted):
+    epochs = 6
+    base = tiny_config(**{"train.epochs": epochs, "model.name": "counted:build", "data.options": {"train_size": 512, "test_size": 64}})
+    path = write_study(tmp_path, {}, base)
+    store = tmp_path / "store"
+    assert _study(str(path), "--store", str(store), "--detach").returncode == 0
+    jobs = _manifest(store)["slurm_jobs"]
+    train_job = jobs[0]["id"]
+    deadline = time.time() + 180
+    while time.time() < deadline and not list((store / "trained").glob("*/checkpoint.pt")):
+        time.sleep(0.1)
+    # What SLURM sends SIGNAL_BEFORE_LIMIT_S before the time limit: USR1 to the batch shell, which requeues the job.
+    cluster_env.run(["scancel", "--batch", "--signal=USR1", f"{train_job}_0"])
+    for job in jobs:
+        cluster_env.wait_done(job["id"], timeout=300)
+    [record] = cluster_env.jobs(train_job)
+    assert record["Restarts"] == "1" and record["JobState"] == "COMPLETED"
+    epochs_run = len(counted.read_text().splitlines())
+    assert epochs <= epochs_run <= epochs + 1, epochs_run  # resumed from the last epoch checkpoint (from scratch: 8 or more)
+    assert [r.status for r in Store(store).runs()] == ["done"]
