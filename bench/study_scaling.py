@@ -20,6 +20,7 @@ Target (issue 15): local -j 2 at least 1.7x faster than inline on 2 cores; overh
 import argparse
 import contextlib
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -38,7 +39,7 @@ from slimlab.store import Store  # noqa: E402
 
 # One run of the study; `seeds` gives each run its own parent training.
 BASE = {
-    "data": {"name": "cifar10_jpeg", "val_size": 0, "train_subset": 1000, "test_subset": 500, "options": {"image_size": 16}},
+    "data": {"name": "cifar10_jpeg", "val_size": 0, "train_subset": 2000, "test_subset": 500, "options": {"image_size": 16}},
     "model": {"name": "resnet20"},
     "train": {"epochs": 1, "batch_size": 64, "lr": 0.1, "warmup_epochs": 0},
     "measure": {"batch_sizes": [1], "warmup": 2, "repeats": 5, "energy": False},
@@ -52,15 +53,23 @@ def write_study(folder: Path, runs: int) -> Path:
     return path
 
 
-def cpu_busy(seconds: float = 2.0) -> float:
-    """Cores busy on the whole machine over the next `seconds` (from /proc/stat): what else is using the CPU."""
-    def sample():
-        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
-    total0, idle0 = sample()
+def machine_cpu() -> float:
+    """Core-seconds the whole machine has been busy since boot (from /proc/stat: all but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process and of the children it has waited for (the local executor's workers)."""
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
+def cores_busy(seconds: float = 2.0) -> float:
+    """Cores busy on the whole machine over the next `seconds`: what else is using the CPU before a phase starts."""
+    busy = machine_cpu()
     time.sleep(seconds)
-    total1, idle1 = sample()
-    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / max(total1 - total0, 1))
+    return (machine_cpu() - busy) / seconds
 
 
 @contextlib.contextmanager
@@ -102,17 +111,22 @@ def run_executor(name: str, study_path: Path, folder: Path, jobs: int) -> dict |
         else:
             workers = jobs if name == "local" else 1
         plan = plan_stages(load_study(study_path), device="cpu")
-        busy = cpu_busy()
         load = Path("/proc/loadavg").read_text().split()[0]
-        print(f"{name}: starting {len(plan.runs)} runs, {len(plan.trainings)} trainings; before: {busy:.2f} cores busy, "
+        print(f"{name}: {len(plan.runs)} runs, {len(plan.trainings)} trainings; before start: {cores_busy():.2f} cores busy, "
               f"load average {load}", flush=True)
         options = ExecOptions(jobs=jobs if name == "local" else 1, progress=False, slurm=settings)
-        start = time.perf_counter()
+        busy0, own0, start = machine_cpu(), own_cpu(), time.perf_counter()
         outcome = execute(plan, Store(store_root), name, options)
         wall = time.perf_counter() - start
+        busy, own = machine_cpu() - busy0, own_cpu() - own0
+    # What else ran meanwhile: the machine's busy core-seconds minus this benchmark's own. SLURM jobs are not our
+    # children (slurmstepd runs them), so for slurm only the machine's total is known.
+    other = f"{(busy - own) / wall:.2f} cores used by other processes" if name != "slurm" else "other processes not separable"
+    print(f"{name}: {wall:.1f} s wall; machine {busy / wall:.2f} cores busy on average ({other})", flush=True)
     records = [r for r in Store(store_root).runs() if r.id in outcome.statuses]
     done = sum(r.status == "done" for r in records)
-    print(f"{name}: {wall:.1f} s wall, {done}/{len(plan.runs)} done", flush=True)
+    if done < len(plan.runs):
+        print(f"{name}: only {done} of {len(plan.runs)} runs done", flush=True)
     return {"wall": wall, "workers": workers, "runs": len(plan.runs), "done": done, "records": records}
 
 

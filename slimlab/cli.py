@@ -46,7 +46,7 @@ def cmd_study(args) -> int:
     study = load_study(args.study, args.overrides)  # every config validated before anything runs
     get_executor(args.executor)  # an unknown name fails before anything is written
     options = ExecOptions(jobs=args.jobs, gpus=_gpus(args), retries=args.retries, max_same_failures=args.max_same_failures,
-                          detach=args.detach, progress=not args.quiet, slurm={**study.slurm, **_slurm_flags(args)})
+                          force=args.force, retrain=args.retrain, detach=args.detach, progress=not args.quiet, slurm={**study.slurm, **_slurm_flags(args)})
     plan = plan_stages(study, device=_planned_device(args, options))
     if args.dry_run:
         return _print_dry_run(plan, args.store)
@@ -271,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", help="local: GPU ids, one worker each, e.g. 0,1 (default: every visible GPU)")
     p.add_argument("--retries", type=int, default=0, help="retry a run that failed transiently (oom, timeout, preempted, killed) up to N times")
     p.add_argument("--max-same-failures", type=int, default=None, metavar="K", help="stop the study after K runs fail with the same error")
+    p.add_argument("--force", action="store_true", help="run done runs again (finished trainings are reused)")
+    p.add_argument("--retrain", action="store_true", help="like --force, and train every parent again too")
     p.add_argument("--detach", action="store_true", help="slurm: submit and return; follow with `slimlab status`")
     for flag, kind, what in (("--partition", str, "partition"), ("--time-min", int, "time limit per job, minutes"),
                              ("--cpus-per-run", int, "CPUs per run"), ("--mem-gb", int, "memory per run, GB"),

@@ -133,8 +133,8 @@ class Store:
     def __init__(self, root: str | Path = DEFAULT_STORE, index: bool = True):
         self.root = open_store_root(Path(root))
         self.use_index = index
-        remove_leftover_temps(self.root)
-        if index:
+        if index:  # the driver's job; a compute node does not walk a shared filesystem at every start
+            remove_leftover_temps(self.root)
             self._open_index()
 
     # --- the index ---
@@ -211,6 +211,11 @@ class Store:
                 if waiting:
                     print(waiting, file=sys.stderr, flush=True)
                 fcntl.flock(handle, fcntl.LOCK_EX)
+            except OSError as exc:  # a filesystem without flock (Lustre mounted without -o flock): the plan's order is the guard
+                print(f"slimlab: {path.parent} cannot be locked ({exc.strerror}); relying on the study's plan to keep "
+                      "runs apart", file=sys.stderr, flush=True)
+                yield
+                return
             try:
                 yield
             finally:

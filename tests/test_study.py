@@ -168,7 +168,7 @@ def test_a_study_killed_twice_resumes_with_one_done_record_per_point_and_repeats
     # A run done before a kill is not run again (its latency, if pending, is timed now: that is unfinished work).
     assert all((r.attempts, r.metrics["top1"], r.metrics["model_size_bytes"]) == finished_before[r.id]
                for r in records if r.id in finished_before)
-    assert _trainings(counted) <= 3 * 3 + 2  # 3 parents x 3 epochs, plus at most the epoch each kill interrupted
+    assert _trainings(counted) <= 3 * 3 + 2 * 2  # 3 parents x 3 epochs, plus the epoch each kill cut short in each worker
 
 
 def test_the_index_deleted_and_rebuilt_gives_the_same_runs_json(tmp_path, counted):
@@ -250,3 +250,37 @@ def test_a_store_that_cannot_be_a_folder_is_one_line(tmp_path, target):
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(tiny_config()))
     out = _cli("run", str(tmp_path / "exp.yaml"), "--store", str(path if target == "file" else path / "sub"))
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and str(path) in out.stderr, out.stderr
+
+
+def test_workers_split_the_cores_and_take_one_gpu_each(monkeypatch):
+    from slimlab.executors import local
+
+    monkeypatch.setattr(local, "available_cores", lambda: 8)
+    envs = local.worker_environments(2, [])
+    assert [e["SLIMLAB_THREADS"] for e in envs] == ["4", "4"] and "CUDA_VISIBLE_DEVICES" not in envs[0]
+    gpus = local.worker_environments(1, ["0", "3"])
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in gpus] == ["0", "3"] and gpus[0]["SLIMLAB_THREADS"] == "4"
+    with pytest.raises(ConfigError, match="-j 9: this machine has 8 cores"):
+        local.worker_environments(9, [])
+
+
+def test_a_parent_reused_from_other_code_says_so(tmp_path, monkeypatch):
+    from slimlab import measure
+    from slimlab.config import build_config
+    from slimlab.run import run
+
+    monkeypatch.setattr(measure, "code_version", lambda: {"commit": "aaaa", "dirty": False})
+    first = run(build_config(tiny_config()), tmp_path / "store", progress=False)
+    assert "trained_by_code" not in first.notes
+    monkeypatch.setattr(measure, "code_version", lambda: {"commit": "bbbb", "dirty": True})
+    second = run(build_config(tiny_config(**{"measure.batch_sizes": [2]})), tmp_path / "store", progress=False)
+    assert second.notes["trained_by_code"] == "the parent was trained at commit aaaa, this run is at bbbb (dirty)"
+
+
+def test_force_runs_a_done_study_again_on_its_parents_and_retrain_trains_them_again(tmp_path, counted):
+    path = write_study(tmp_path, {"variants": {"a": {}, "b": {"measure": {"batch_sizes": [2]}}}})
+    store = tmp_path / "store"
+    for flags, trainings, attempts in (((), 1, 1), (("--force",), 1, 2), (("--retrain",), 2, 3)):
+        out = _cli("study", str(path), "--store", str(store), "--quiet", *flags)
+        assert out.returncode == 0, out.stderr
+        assert _trainings(counted) == trainings and {r.attempts for r in Store(store).runs()} == {attempts}, flags

@@ -24,6 +24,8 @@ class ExecOptions:
     gpus: list[str] = field(default_factory=list)  # GPU ids, one worker each (local)
     retries: int = 0  # extra attempts for transient failures (oom, timeout, preempted, killed)
     max_same_failures: int | None = None  # stop once this many tasks fail with the same error
+    force: bool = False  # run done runs again, reusing finished trainings
+    retrain: bool = False  # like force, and train every parent again too
     detach: bool = False  # submit and return (slurm)
     progress: bool = True
     slurm: dict = field(default_factory=dict)  # the study file's slurm: section, with the command line's flags on top

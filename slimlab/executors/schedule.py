@@ -6,7 +6,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from slimlab.executors.tasks import latency_task, record_failure, run_task, training_task
-from slimlab.plan import Plan
+from slimlab.plan import Plan, RunStage, Training
 from slimlab.store import TRANSIENT_FAILURES, Store
 
 
@@ -15,12 +15,36 @@ class ScheduleOptions:
     retries: int = 0  # extra attempts for a task whose failure is transient (oom, timeout, preempted, killed)
     max_same_failures: int | None = None  # stop starting tasks once this many fail with the same error
     defer_latency: bool = False  # time latencies at the end, one at a time, instead of inside each run
+    force: bool = False  # run done runs again (reusing finished trainings)
+    retrain: bool = False  # train every parent again too
 
 
 def training_finished(store: Store, key: str, snapshot_epochs) -> bool:
     """A parent whose weights, and every snapshot asked for, are in the store: nothing to train."""
     folder = store.training_dir(key)
     return (folder / "trained.pt").exists() and all((folder / f"weights_epoch{e}.pt").exists() for e in snapshot_epochs)
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a study still has to do: the runs, the trainings they need, the done runs whose latency is pending."""
+
+    runs: list[RunStage]
+    trainings: list[Training]
+    pending_latency: list[str]
+
+
+def select_work(plan: Plan, store: Store, force: bool = False, retrain: bool = False, busy=frozenset()) -> Work:
+    """Runs not done (all with `force` or `retrain`) and not `busy` elsewhere, the trainings among their parents that
+    are not finished (all with `retrain`), and the latencies left pending."""
+    records = {r.id: r for r in store.runs()}
+    runs = [s for s in plan.runs if s.id not in busy and (force or retrain or getattr(records.get(s.id), "status", None) != "done")]
+    keys = {s.training for s in runs}
+    trainings = [t for t in plan.trainings if t.key in keys and t.key not in busy
+                 and (retrain or not training_finished(store, t.key, t.snapshot_epochs))]
+    planned = {s.id for s in plan.runs}
+    pending = [r.id for r in records.values() if r.notes.get("latency_status") == "pending" and r.id in planned and r.id not in busy]
+    return Work(runs, trainings, pending)
 
 
 @dataclass
@@ -30,22 +54,17 @@ class Schedule:
     options: ScheduleOptions = field(default_factory=ScheduleOptions)
 
     def __post_init__(self):
-        records = {r.id: r for r in self.store.runs()}
-        todo = [s for s in self.plan.runs if getattr(records.get(s.id), "status", None) != "done"]
+        work = select_work(self.plan, self.store, self.options.force, self.options.retrain)
         self.labels = {s.id: s.planned.label for s in self.plan.runs}
         self.snapshots = {t.key: t.snapshot_epochs for t in self.plan.trainings}
-        self.ready: deque[dict] = deque()
+        self.ready: deque[dict] = deque(training_task(t, self.plan, self.options.retrain) for t in work.trainings)
         self.blocked: dict[str, list] = {}
-        for stage in todo:
+        for stage in work.runs:
             self.blocked.setdefault(stage.training, []).append(stage)
-        for training in self.plan.trainings:
-            if training.key in self.blocked and not training_finished(self.store, training.key, training.snapshot_epochs):
-                self.ready.append(training_task(training, self.plan))
-            elif training.key in self.blocked:
-                self._release(training.key)
-        self._release(None)
-        pending = [r.id for r in records.values() if r.notes.get("latency_status") == "pending" and r.id in self.labels]
-        self.latency = deque(latency_task(i, self.labels[i]) for i in pending)
+        training_now = {t.key for t in work.trainings}
+        for key in [k for k in self.blocked if k not in training_now]:
+            self._release(key)
+        self.latency = deque(latency_task(i, self.labels[i]) for i in work.pending_latency)
         self.running: dict[str, dict] = {}
         self.attempts: Counter = Counter()
         self.errors: Counter = Counter()
@@ -53,7 +72,8 @@ class Schedule:
 
     def _release(self, key: str | None) -> None:
         for stage in self.blocked.pop(key, []):
-            self.ready.append(run_task(stage, self.plan, self.snapshots.get(stage.training, frozenset()), self.options.defer_latency))
+            self.ready.append(run_task(stage, self.plan, self.snapshots.get(stage.training, frozenset()), self.options.defer_latency,
+                                       self.options.force or self.options.retrain))
 
     def next_task(self) -> dict | None:
         """A task that may start now, or None (nothing ready, or the study stopped)."""

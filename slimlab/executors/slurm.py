@@ -18,7 +18,7 @@ from pathlib import Path
 
 from slimlab.errors import SlimlabError
 from slimlab.executors import ExecOptions, Outcome, final_statuses, register_executor
-from slimlab.executors.schedule import training_finished
+from slimlab.executors.schedule import select_work
 from slimlab.executors.tasks import execute_task, latency_task, record_failure, run_task, training_task
 from slimlab.plan import Plan
 from slimlab.store import TRANSIENT_FAILURES, Store, write_atomic
@@ -166,28 +166,25 @@ def _groups(tasks: list[dict], per_group: int) -> list[list[dict]]:
     return [tasks[i:i + per_group] for i in range(0, len(tasks), per_group)]
 
 
-def submit_missing(plan: Plan, store: Store, settings: dict, earlier: list[dict]) -> list[dict]:
+def submit_missing(plan: Plan, store: Store, settings: dict, earlier: list[dict], force: bool = False,
+                   retrain: bool = False) -> list[dict]:
     """Submit what is neither done nor still queued or running from an earlier submission: the trainings, then each
     parent's runs once it has trained (cancelled if it fails), then the latency job once every run has ended."""
     busy = active_refs(earlier)
-    records = {r.id: r for r in store.runs()}
-    todo = [s for s in plan.runs if getattr(records.get(s.id), "status", None) != "done" and s.id not in busy]
-    keys = {s.training for s in todo}
-    trainings = [t for t in plan.trainings if t.key in keys and t.key not in busy
-                 and not training_finished(store, t.key, t.snapshot_epochs)]
-    pending = [r for r in records.values() if r.notes.get("latency_status") == "pending" and r.id not in busy]
-    if not (todo or trainings or pending):
+    work = select_work(plan, store, force, retrain, busy)
+    todo, trainings = work.runs, work.trainings
+    if not (todo or trainings or work.pending_latency):
         return []
     folder = store.root / "slurm" / plan.study.name
-    jobs = submit([[training_task(t, plan)] for t in trainings], "train", folder, settings, store, [])
+    jobs = submit([[training_task(t, plan, retrain)] for t in trainings], "train", folder, settings, store, [])
     parents = {**busy, **task_refs(jobs)}
     snapshots = {t.key: t.snapshot_epochs for t in plan.trainings}
     for parent in dict.fromkeys(s.training for s in todo):
-        tasks = [run_task(s, plan, snapshots.get(s.training, frozenset()), defer_latency=True) for s in todo if s.training == parent]
+        tasks = [run_task(s, plan, snapshots.get(s.training, frozenset()), True, force or retrain) for s in todo if s.training == parent]
         after = [parents[parent]] if parent in parents else []
         jobs += submit(_groups(tasks, int(settings["runs_per_task"])), "run", folder, settings, store, after, require_success=True)
     labels = {s.id: s.planned.label for s in plan.runs}
-    latency = [latency_task(s.id, labels[s.id]) for s in todo] + [latency_task(r.id, labels.get(r.id, r.name)) for r in pending]
+    latency = [latency_task(i, labels[i]) for i in [s.id for s in todo] + work.pending_latency]
     after = [j["id"] for j in jobs] + sorted({ref.rsplit("_", 1)[0] for ref in busy.values()})
     return jobs + submit([latency], "latency", folder, settings, store, after)
 
@@ -242,7 +239,7 @@ def execute_slurm(plan: Plan, store: Store, options: ExecOptions) -> Outcome:
     settings = _settings(options)
     earlier, messages = (store.study(plan.study.name) or {}).get("slurm_jobs", []), []
     for attempt in range(options.retries + 1):
-        jobs = submit_missing(plan, store, settings, earlier)
+        jobs = submit_missing(plan, store, settings, earlier, options.force and attempt == 0, options.retrain and attempt == 0)
         store.save_study({**(store.study(plan.study.name) or {}), "slurm_jobs": earlier + jobs})
         if options.detach:
             return Outcome(final_statuses(plan, store), [f"submitted slurm jobs {', '.join(j['id'] for j in jobs) or 'none'}"],

@@ -6,16 +6,16 @@ from slimlab.plan import Plan, RunStage, Training
 from slimlab.store import Store
 
 
-def training_task(training: Training, plan: Plan) -> dict:
+def training_task(training: Training, plan: Plan, retrain: bool = False) -> dict:
     return {"kind": "train", "id": training.key, "label": f"training {training.key}",
             "config": training.config.model_dump(mode="json"), "device": plan.device,
-            "snapshot_epochs": sorted(training.snapshot_epochs)}
+            "snapshot_epochs": sorted(training.snapshot_epochs), "retrain": retrain}
 
 
-def run_task(stage: RunStage, plan: Plan, snapshot_epochs: frozenset[int], defer_latency: bool) -> dict:
+def run_task(stage: RunStage, plan: Plan, snapshot_epochs: frozenset[int], defer_latency: bool, force: bool = False) -> dict:
     return {"kind": "run", "id": stage.id, "label": stage.planned.label, "training": stage.training,
             "config": stage.planned.config.model_dump(mode="json"), "device": plan.device,
-            "snapshot_epochs": sorted(snapshot_epochs), "defer_latency": defer_latency}
+            "snapshot_epochs": sorted(snapshot_epochs), "defer_latency": defer_latency, "force": force}
 
 
 def latency_task(run_id: str, label: str) -> dict:
@@ -33,7 +33,8 @@ def execute_task(task: dict, store: Store) -> dict:
             measure_pending_latency(store, task["id"])
             return {"ok": True}
         config = ExperimentConfig.model_validate(task["config"])
-        options = RunOptions(progress=False, snapshot_epochs=frozenset(task["snapshot_epochs"]), device=task["device"],
+        options = RunOptions(progress=False, force=task.get("force", False), retrain=task.get("retrain", False),
+                             snapshot_epochs=frozenset(task["snapshot_epochs"]), device=task["device"],
                              defer_latency=task.get("defer_latency", False))
         if task["kind"] == "train":
             train_parent(config, store, options)
