@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -90,6 +91,7 @@ class StepContext:
     measure_device: torch.device | None = None
     weights_at_epoch: dict[int, dict] = field(default_factory=dict)  # snapshots asked for by steps (late rewinding)
     step_index: int = 0  # which of config.steps is running
+    time_latency: bool = True  # False when other runs execute beside this one: steps then time nothing
     # Results a step may share with sibling runs of the same parent (e.g. early pruning rounds); no-ops by default.
     cache_load: Callable[[str], object | None] = lambda key: None
     cache_save: Callable[[str, object], None] = lambda key, value: None
@@ -168,8 +170,9 @@ def _run_locked(config: ExperimentConfig, run_id: str, store: Store, options: Ru
             metrics, notes, env, history = _execute(config, run_id, store, options)
     except BaseException as exc:
         kind = failure_class(exc)
-        store.fail(run_id, "interrupted" if kind == "killed" else str(exc) if kind == "diverged" else f"{type(exc).__name__}: {exc}", kind)
-        if kind == "diverged":
+        reasons = {"killed": "interrupted", "diverged": str(exc)}
+        store.fail(run_id, reasons.get(kind, f"{type(exc).__name__}: {exc}"), kind)
+        if kind == "diverged":  # a finding about this config, not a crash: the study goes on
             return store.get(run_id)
         raise
     store.finish(run_id, metrics, notes, env, history)
@@ -206,6 +209,7 @@ def _execute(config: ExperimentConfig, run_id: str, store: Store, options: RunOp
 
     key = training_hash(config, device.type)
     context = StepContext(config, data, progress, history=list(history), weights_at_epoch=snapshots,
+                          time_latency=not options.defer_latency,
                           cache_load=lambda name: store.load_training_file(key, f"{name}.pt"),
                           cache_save=lambda name, value: store.save_training_file(key, f"{name}.pt", value))
     context.notes["trained_weights"] = str(store.training_dir(key) / TRAINED_WEIGHTS)
@@ -348,6 +352,7 @@ def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: S
                      latency="pending: timed later, alone on the machine, in the study's latency stage")
         return metrics
     figures, notes["latency"] = _time_latency(model, cfg, lambda batch: context.example(batch, device))
+    notes["latency_status"] = "measured"
     return {**metrics, **figures}
 
 
@@ -377,7 +382,9 @@ def measure_pending_latency(store: Store, run_id: str) -> RunRecord:
     generator = torch.Generator().manual_seed(0)
     shape = record.notes["example_shape"]
     figures, sentence = _time_latency(model, cfg, lambda batch: torch.randn(batch, *shape, generator=generator).to(device))
-    store.update_metrics(run_id, figures, {"latency_status": "measured", "latency": f"{sentence}; timed alone in the latency stage"})
+    notes = {"latency_status": "measured", "latency_host": f"{platform.node()} ({measure.cpu_model()})",
+             "latency": f"{sentence}; timed alone in the latency stage"}
+    store.update_metrics(run_id, figures, notes)
     return store.get(run_id)
 
 

@@ -33,12 +33,17 @@ RANDOM_SEED_OFFSET = 104729  # random masks, so they differ from the weight init
 def apply_prune(model: nn.Module, cfg: PruneStepConfig, context: StepContext) -> nn.Module:
     """Prune `model` as `cfg` says, retraining between rounds; metrics, notes and artifacts go into `context`."""
     example = context.example(1, context.data.device)
-    before = footprint(model, example, context.config.measure, lambda b: context.example(b, context.data.device))
+    measure = context.config.measure
+    if not context.time_latency:  # timed under load, a before/after ratio would be noise; the run's own latency is timed alone later
+        measure = measure.model_copy(update={"latency": False})
+        context.notes["prune_latency_before_after"] = ("not timed: the run executed beside others; compare its latency_b* "
+                                                       "(timed alone) with the dense run of the same parent")
+    before = footprint(model, example, measure, lambda b: context.example(b, context.data.device))
     if cfg.method == "ln_structured":
         sparsity, layers = _structured_rounds(model, cfg, context, example)
     else:
         sparsity, layers = _unstructured_rounds(model, cfg, context)
-    after = footprint(model, example, context.config.measure, lambda b: context.example(b, context.data.device))
+    after = footprint(model, example, measure, lambda b: context.example(b, context.data.device))
     sizes = storage_report(model)
     m = context.metrics
     m["prune_sparsity"] = sparsity
