@@ -5,31 +5,18 @@ import json
 import re
 from typing import Sequence
 
-from slimlab.errors import ConfigError
 from slimlab.report.fields import METRICS, latency_metric
+from slimlab.report.study import find_runs
 from slimlab.report.tables import fmt
-from slimlab.store import RunRecord, Store
+from slimlab.store import RunRecord
+
+__all__ = ["compare_rows", "compare_runs", "config_differences", "find_runs", "flatten"]
 
 _LATENCY = re.compile(r"latency_b(\d+)_median_ms$")
 HEADLINE_BEFORE_LATENCY = ["top1", "top1_change", "size"]
 HEADLINE_AFTER_LATENCY = ["sparsity", "nonzero_params", "macs", "nonzero_macs", "sparse_size", "quant_sqnr", "quant_rel_l2",
                           "train_time", "energy"]
 MAX_CELL = 28  # wider values (a long list in the config) are cut with an ellipsis
-
-
-def find_runs(store: Store, prefixes: Sequence[str]) -> list[RunRecord]:
-    """The run each id prefix names, in the order given; a prefix matching no run or several is refused."""
-    if not prefixes:
-        raise ConfigError("compare needs at least one run id (an id prefix is enough)")
-    found = []
-    for prefix in prefixes:
-        matches = store.find(prefix)
-        if not matches:
-            raise ConfigError(f"no run with id starting '{prefix}' in {store.root}")
-        if len(matches) > 1:
-            raise ConfigError(f"'{prefix}' matches {len(matches)} runs in {store.root}; give more characters")
-        found.append(matches[0])
-    return found
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, object]:

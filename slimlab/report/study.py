@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
@@ -145,6 +146,31 @@ def _build(store: Store, name: str, records: list[RunRecord], manifests: dict[st
 def study_names(store: Store, records: list[RunRecord], manifests: dict[str, dict]) -> list[str]:
     from_names = [r.name.split(":", 1)[0] for r in records if ":" in r.name]
     return list(dict.fromkeys([*manifests, *from_names]))
+
+
+def find_runs(store: Store, prefixes: Sequence[str]) -> list[RunRecord]:
+    """The run each id prefix names, in the order given; a prefix matching no run or several is refused."""
+    if not prefixes:
+        raise ConfigError("give at least one run id (an id prefix is enough)")
+    found = []
+    for prefix in prefixes:
+        matches = store.find(prefix)
+        if not matches:
+            raise ConfigError(f"no run with id starting '{prefix}' in {store.root}")
+        if len(matches) > 1:
+            raise ConfigError(f"'{prefix}' matches {len(matches)} runs in {store.root}; give more characters")
+        found.append(matches[0])
+    return found
+
+
+def runs_study(store_root: str | Path, run_ids: Sequence[str]) -> Study:
+    """Some runs of a store, by id or id prefix, as a study of their own (the report of one run, say)."""
+    store = open_store(store_root)
+    records = list({r.id: r for r in find_runs(store, run_ids)}.values())
+    study = _from_names(store, ALL_RUNS, records)
+    first = records[0]
+    name = f"{first.name or 'run'} ({first.id[:8]})" if len(records) == 1 else f"{len(records)} runs"
+    return Study(name, store, study.axes, study.runs)
 
 
 def list_studies(store_root: str | Path) -> list[dict]:

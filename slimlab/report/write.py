@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from slimlab.report import curves, layers, parallel, tradeoffs
 from slimlab.report.fields import METRICS
@@ -9,7 +10,7 @@ from slimlab.report.page import render_page
 from slimlab.report.references import read_references
 from slimlab.report.spec import Figures
 from slimlab.report.static import write_png
-from slimlab.report.study import Study, load_study
+from slimlab.report.study import Study, load_study, runs_study
 from slimlab.report.tables import comparison_table, runs_table, to_csv, to_markdown
 
 
@@ -29,7 +30,18 @@ def build_figures(study: Study, references: list[dict], layer_run: str | None = 
 def write_report(store_root: str | Path, study: str | None, out_dir: str | Path, references_csv: str | Path | None = None,
                  layer_run: str | None = None) -> Path:
     """Write index.html, a PNG per figure and a CSV and Markdown file per table into `out_dir`; return the page's path."""
-    loaded = load_study(store_root, study)
+    return write_study_report(load_study(store_root, study), out_dir, references_csv, layer_run)
+
+
+def write_runs_report(store_root: str | Path, run_ids: Sequence[str], out_dir: str | Path) -> Path:
+    """The same report for some runs of a store (ids or id prefixes), a single run included: what `slimlab run
+    --report DIR` writes after the run. Returns the page's path."""
+    return write_study_report(runs_study(store_root, run_ids), out_dir)
+
+
+def write_study_report(loaded: Study, out_dir: str | Path, references_csv: str | Path | None = None,
+                       layer_run: str | None = None) -> Path:
+    """Write a loaded study's report into `out_dir`; return the page's path."""
     references = read_references(references_csv) if references_csv else []
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
