@@ -139,7 +139,8 @@ class MeasureConfig(Strict):
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 64])
     warmup: int = Field(10, ge=1)
     repeats: int = Field(30, ge=5, description="timed runs per latency figure (median and p90 reported)")
-    threads: int | None = Field(None, gt=0, description="torch threads during timing; default: all cores")
+    threads: int | None = Field(None, gt=0, description="torch threads during timing; default: torch's thread count (a local "
+                                "worker's share of the cores), at most the CPUs this process may run on")
     eval_batch_size: int = Field(500, gt=0)
     latency: bool = True
     energy: bool = True

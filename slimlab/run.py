@@ -231,17 +231,29 @@ def _execute(config: ExperimentConfig, run_id: str, store: Store, options: RunOp
     if history and "val_top1" in history[-1]:
         metrics["val_top1"] = history[-1].get("final_val_top1", history[-1]["val_top1"])  # of the weights measured
     notes = dict(context.notes)
-    if energy.joules is not None:
-        metrics["train_energy_j"] = energy.joules
-        notes["train_energy_j"] = f"measured with {energy.source} over the training loop"
-    else:
-        notes["energy"] = f"not measured: {energy.reason}"
+    metrics_energy, notes_energy = _training_energy(history, energy)
+    metrics.update(metrics_energy)
+    notes.update(notes_energy)
     notes.update(_code_notes(store, key))
     metrics.update(_measure_model(model, context, run_id, store, notes, step_input_counts, options.defer_latency))
     for name, blob in context.artifacts.items():
         store.save_artifact(run_id, name, blob)
     # The history on record: training epochs, then whatever the steps trained or evaluated (QAT epochs, pruning rounds).
     return metrics, notes, measure.environment(context.measure_device or device), context.history
+
+
+def _training_energy(history: list[dict], meter: measure.EnergyMeter) -> tuple[dict, dict]:
+    """train_energy_j: the sum of every epoch's energy, so a training resumed after a kill counts all its parts."""
+    readings = [r.get("energy_j") for r in history]
+    if history and all(e is not None for e in readings):
+        sources = ", ".join(sorted({r.get("energy_source", "?") for r in history}))
+        reused = "; the training was reused from an earlier run with the same training config" if meter.reused else ""
+        return ({"train_energy_j": sum(readings)},
+                {"train_energy_j": f"measured with {sources} over the training loop, the sum of its {len(history)} epochs{reused}"})
+    if any(e is not None for e in readings):
+        missing = [r["epoch"] for r, e in zip(history, readings) if e is None]
+        return {}, {"energy": f"not measured: epochs {missing} ran where no energy counter was readable"}
+    return {}, {"energy": f"not measured: {meter.reason or 'no energy counter was read during training'}"}
 
 
 class _EpochSnapshots:
@@ -280,6 +292,7 @@ def _train_or_reuse(config, model, data: Prepared, store: Store, progress: bool,
     if finished is not None and wanted <= set(snapshots):
         model.load_state_dict(finished["model"])
         meter.reason = "training reused from an earlier run with the same seed, data, model and train config"
+        meter.reused = True
         return finished["history"], meter
 
     def keep(epoch: int, state: dict) -> None:
@@ -294,7 +307,7 @@ def _train_or_reuse(config, model, data: Prepared, store: Store, progress: bool,
     val_loader = data.loader(data.val, config.measure.eval_batch_size, config) if len(data.val) else None
     with meter:
         history = train(model, train_loader, config.train, val_loader=val_loader, resume=resume, progress=progress,
-                        callbacks=[_EpochSnapshots(wanted, keep)] if wanted else [],
+                        callbacks=[meter, *([_EpochSnapshots(wanted, keep)] if wanted else [])],
                         save_checkpoint=lambda state: _checkpoint(store, key, state, config.train.epochs))
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     store.save_training_file(key, TRAINED_WEIGHTS, {"model": weights, "history": history, "code": measure.code_version()})
@@ -351,26 +364,38 @@ def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: S
         notes.update(latency_status="pending", example_shape=list(example.shape[1:]),
                      latency="pending: timed later, alone on the machine, in the study's latency stage")
         return metrics
-    figures, notes["latency"] = _time_latency(model, cfg, lambda batch: context.example(batch, device))
-    notes["latency_status"] = "measured"
+    figures, latency_notes = _time_latency(model, cfg, lambda batch: context.example(batch, device))
+    latency_notes["latency_flagged"] = notes.get("latency_flagged", []) + latency_notes.get("latency_flagged", [])  # a step's too
+    notes.update({k: v for k, v in latency_notes.items() if v}, latency_status="measured")
     return {**metrics, **figures}
 
 
 DEFERRABLE_FORMATS = ("torchscript", "onnx")  # deployable files the latency stage can load back and time
 
 
-def _time_latency(model: nn.Module, cfg, example_of: Callable[[int], torch.Tensor]) -> tuple[dict, str]:
-    """Median and p90 latency and throughput at each of measure.batch_sizes, and the sentence that says how."""
-    threads = cfg.threads or torch.get_num_threads()
+def _time_latency(model: nn.Module, cfg, example_of: Callable[[int], torch.Tensor]) -> tuple[dict, dict]:
+    """Median and p90 latency and throughput at each of measure.batch_sizes, and the notes that say how: `latency`,
+    and for figures timed while the machine was busy with other work, `latency_noisy` (why) and `latency_flagged`
+    (the metric keys concerned, for `show`, `runs` and the report)."""
+    threads = cfg.threads or measure.default_threads()
     metrics = {"latency_threads": threads}
+    flagged, reasons, attempts = [], [], 0
     for batch in cfg.batch_sizes:
         example = example_of(batch)
         lat = measure.measure_latency(model, example, cfg.warmup, cfg.repeats, threads)
-        metrics[f"latency_b{batch}_median_ms"] = lat["median_ms"]
-        metrics[f"latency_b{batch}_p90_ms"] = lat["p90_ms"]
-        metrics[f"throughput_b{batch}_per_s"] = lat["throughput_per_s"]
-    return metrics, (f"median and p90 of {cfg.repeats} timed forward passes after {cfg.warmup} warm-up, {threads} "
-                     f"threads, {lat['timer']} on {example.device}")
+        keys = (f"latency_b{batch}_median_ms", f"latency_b{batch}_p90_ms", f"throughput_b{batch}_per_s")
+        metrics.update(zip(keys, (lat["median_ms"], lat["p90_ms"], lat["throughput_per_s"])))
+        attempts = max(attempts, lat["attempts"])
+        if lat["disturbed"]:
+            flagged += keys
+            reasons.append(f"batch {batch}: {lat['disturbed']}")
+    notes = {"latency": f"median and p90 of {cfg.repeats} timed forward passes after {cfg.warmup} warm-up, {threads} "
+                        f"threads, {lat['timer']} on {example.device}"}
+    if flagged:
+        notes["latency_noisy"] = (f"timed while the machine was busy with other work, {attempts} attempt{'s' * (attempts > 1)}: "
+                                  + "; ".join(reasons) + "; the figures may be too slow")
+        notes["latency_flagged"] = flagged
+    return metrics, notes
 
 
 def measure_pending_latency(store: Store, run_id: str) -> RunRecord:
@@ -381,9 +406,10 @@ def measure_pending_latency(store: Store, run_id: str) -> RunRecord:
     model = load_deployable(store.run_dir(run_id), device)
     generator = torch.Generator().manual_seed(0)
     shape = record.notes["example_shape"]
-    figures, sentence = _time_latency(model, cfg, lambda batch: torch.randn(batch, *shape, generator=generator).to(device))
-    notes = {"latency_status": "measured", "latency_host": f"{platform.node()} ({measure.cpu_model()})",
-             "latency": f"{sentence}; timed alone in the latency stage"}
+    figures, latency_notes = _time_latency(model, cfg, lambda batch: torch.randn(batch, *shape, generator=generator).to(device))
+    notes = {"latency_noisy": "", "latency_flagged": [], **latency_notes, "latency_status": "measured",  # a clean retiming clears a flag
+             "latency_host": f"{platform.node()} ({measure.cpu_model()})",
+             "latency": f"{latency_notes['latency']}; timed alone in the latency stage"}
     store.update_metrics(run_id, figures, notes)
     return store.get(run_id)
 

@@ -16,6 +16,12 @@ JPEG_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.xz"
 
 torch.set_num_threads(1)  # the same numbers on any machine, and leaves a core for the rest
 
+import slimlab.measure  # noqa: E402
+
+# Tests check what a latency figure says, not its accuracy: one attempt, no minimum window (tests/test_measure.py
+# exercises both).
+slimlab.measure.LATENCY_ATTEMPTS, slimlab.measure.MIN_WINDOW_S = 1, 0.0
+
 
 def tiny_config(**overrides) -> dict:
     """A run that takes about a second: resnet20 on 64 synthetic images."""

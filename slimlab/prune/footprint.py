@@ -33,7 +33,8 @@ def nonzero_macs(model: nn.Module, example: torch.Tensor) -> int:
 
 
 def footprint(model: nn.Module, example: torch.Tensor, measure: MeasureConfig, batch: Callable[[int], torch.Tensor]) -> dict:
-    """Params, non-zero params, MACs, non-zero MACs and (if measure.latency) median latency per batch size; training mode kept."""
+    """Params, non-zero params, MACs, non-zero MACs and (if measure.latency) median latency per batch size; training mode
+    kept. `timing_disturbed` lists the batch sizes timed while other work shared the CPUs, and why."""
     was_training = model.training
     try:
         result = {**count_parameters(model), **count_macs(copy.deepcopy(model), example)}
@@ -43,6 +44,8 @@ def footprint(model: nn.Module, example: torch.Tensor, measure: MeasureConfig, b
             for size in measure.batch_sizes:
                 timing = measure_latency(model, batch(size), measure.warmup, measure.repeats, measure.threads)
                 result[f"latency_b{size}_median_ms"] = timing["median_ms"]
+                if timing["disturbed"]:
+                    result.setdefault("timing_disturbed", []).append(f"batch {size}: {timing['disturbed']}")
     finally:
         model.train(was_training)
     return result

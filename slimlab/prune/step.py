@@ -53,6 +53,10 @@ def apply_prune(model: nn.Module, cfg: PruneStepConfig, context: StepContext) ->
     for key in (k for k in before if k.startswith("latency_")):
         m[f"prune_{key}_before"], m[f"prune_{key}_after"] = before[key], after[key]
         m[f"prune_{key.removesuffix('_median_ms')}_speedup"] = before[key] / after[key]
+    disturbed = before.get("timing_disturbed", []) + after.get("timing_disturbed", [])
+    if disturbed:  # a before/after ratio timed under load is noise: say so, and flag every figure it touches
+        context.notes["prune_latency_noisy"] = "timed while the machine was busy with other work: " + "; ".join(disturbed)
+        context.notes["latency_flagged"] = [k for k in m if k.startswith("prune_latency_")]
     m["prune_dense_bytes"], m["prune_sparse_bytes"] = sizes["dense_bytes"], sizes["sparse_bytes"]
     m["prune_sparse_to_dense"] = sizes["sparse_to_dense"]
     context.artifacts["prune_layers.json"] = json.dumps(layers, indent=1, sort_keys=True).encode()
