@@ -167,6 +167,8 @@ def cmd_recommend(args) -> int:
 
 
 def cmd_runs(args) -> int:
+    from slimlab.display import run_table
+
     records = _store(args, must_exist=True).runs(args.status)
     if args.json:
         for r in records:
@@ -175,13 +177,7 @@ def cmd_runs(args) -> int:
     if not records:
         print(f"no runs in {args.store}")
         return 0
-    print(f"{'id':16}  {'status':8}  {'model':18}  {'data':14}  {'top1':>6}  {'size MB':>8}  {'b1 ms':>7}  name")
-    for r in records:
-        m = r.metrics
-        top1 = f"{m['top1']:.2f}" if "top1" in m else "-"
-        size = f"{m['model_size_bytes'] / 1e6:.2f}" if "model_size_bytes" in m else "-"
-        lat = f"{m['latency_b1_median_ms']:.2f}" if "latency_b1_median_ms" in m else "-"
-        print(f"{r.id:16}  {r.status:8}  {r.config['model']['name'][:18]:18}  {r.config['data']['name'][:14]:14}  {top1:>6}  {size:>8}  {lat:>7}  {r.name}")
+    print("\n".join(run_table(records)))
     return 0
 
 
@@ -222,19 +218,9 @@ def _print_listing(items: dict[str, str], as_json: bool) -> int:
 
 
 def _print_record(record, full: bool = False) -> None:
-    print(f"run {record.id}  status: {record.status}  {record.name}")
-    if record.error:
-        print(f"  reason ({record.failure}): {record.error}")
-    if record.status == "stale":
-        print(f"  stale: its process ({record.host}, pid {record.pid}) is gone; the next `slimlab study` resumes it")
-    for key in sorted(record.metrics):
-        value = record.metrics[key]
-        print(f"  {key:28} {value:.4g}" if isinstance(value, float) else f"  {key:28} {value}")
-    if full:
-        for key, text in sorted(record.notes.items()):
-            print(f"  note {key}: {text}")
-        print("  config: " + json.dumps(record.config, sort_keys=True))
-        print("  env: " + json.dumps(record.env, sort_keys=True))
+    from slimlab.display import record_lines
+
+    print("\n".join(record_lines(record, full)))
 
 
 def _say(args, text: str) -> None:
@@ -341,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("slimlab: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `slimlab runs --json | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's final flush must not fail too
+        return 141
 
 
 if __name__ == "__main__":
