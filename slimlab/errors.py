@@ -13,6 +13,10 @@ class DataNotFoundError(SlimlabError, FileNotFoundError):
     """A dataset is not on disk and cannot be downloaded."""
 
 
+class BadDataError(SlimlabError, ValueError):
+    """A dataset file is malformed, or holds something it must not (code in a pickle), or too little to learn from."""
+
+
 class MissingDependencyError(SlimlabError, ImportError):
     """An optional package is needed for the requested feature."""
 

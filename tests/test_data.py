@@ -15,7 +15,7 @@ from slimlab.data.cifar import load_pickle_batch
 from slimlab.data.files import sha256_of
 from slimlab.data.idx import read_idx
 from slimlab.data.loader import DeviceLoader, balanced_subset, random_crop_flip, split_validation
-from slimlab.errors import ConfigError, DataNotFoundError
+from slimlab.errors import BadDataError, ConfigError, DataNotFoundError, SlimlabError
 
 
 def request(tmp_path, roots=(), **kw):
@@ -100,6 +100,36 @@ def test_idx_reader_and_mnist_loader(tmp_path):
 def test_missing_dataset_says_where_it_looked(tmp_path):
     with pytest.raises(DataNotFoundError, match=str(tmp_path)):
         load_dataset("cifar10", DatasetRequest((tmp_path,), tmp_path / "c", False))
+
+
+def test_missing_dataset_says_how_to_get_it_and_how_to_point_at_another_folder(tmp_path):
+    with pytest.raises(DataNotFoundError) as missing:
+        load_dataset("cifar10", DatasetRequest((tmp_path,), tmp_path / "c", False))
+    text = str(missing.value)
+    assert "https://" in text and "data.download: true" in text and "data.root" in text and "SLIMLAB_DATA" in text
+    # Asking to download a dataset that has no download address says so, instead of the same "not found".
+    with pytest.raises(DataNotFoundError) as no_address:
+        load_dataset("cifar10_jpeg", DatasetRequest((tmp_path,), tmp_path / "c", True))
+    assert "cannot be downloaded" in str(no_address.value) and "data.download: true cannot help" in str(no_address.value)
+
+
+def test_a_cifar_pickle_that_would_run_code_is_refused_in_one_line_naming_the_file(tmp_path, cifar10_dir):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    (cifar10_dir / "data_batch_3").write_bytes(pickle.dumps({b"data": Evil()}))
+    with pytest.raises(BadDataError) as refused:
+        load_dataset("cifar10", DatasetRequest((tmp_path,), tmp_path / "c", False))
+    assert isinstance(refused.value, SlimlabError)  # the CLI prints it as one line, without a traceback
+    assert "data_batch_3" in str(refused.value) and "refusing to load posix.system" in str(refused.value)
+    assert "\n" not in str(refused.value) and not (tmp_path / "pwned").exists()
+
+
+def test_an_image_folder_with_one_class_is_refused(tmp_path):
+    _write_pngs(tmp_path / "flat", ["cat"], 4)
+    with pytest.raises(BadDataError, match="1 class \\(cat\\); a classifier needs at least two"):
+        load_dataset("imagefolder", DatasetRequest((), tmp_path / "cache", False, path=tmp_path / "flat", options={"progress": False}))
 
 
 def _write_pngs(root, classes, per_class):

@@ -12,7 +12,7 @@ import torch
 
 from slimlab.data import DatasetRequest, ImageDataset, ImageSplit, register_dataset
 from slimlab.data.files import fetch
-from slimlab.errors import ConfigError, DataNotFoundError
+from slimlab.errors import BadDataError, ConfigError, DataNotFoundError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
@@ -56,6 +56,17 @@ def load_pickle_batch(data: bytes) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
+def _decode_members(source: Path, members: dict[str, bytes]) -> dict[str, dict]:
+    """Each batch file decoded; one that is not plain data (a pickle that would run code) is refused in one line."""
+    decoded = {}
+    for name, data in members.items():
+        try:
+            decoded[name] = load_pickle_batch(data)
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+            raise BadDataError(f"{source}/{name}: not loaded: {exc}") from None
+    return decoded
+
+
 def _to_split(batches: list[dict], label_key: str) -> ImageSplit:
     rows = np.concatenate([np.asarray(b["data"], dtype=np.uint8).reshape(-1) for b in batches])
     images = torch.from_numpy(rows.reshape(-1, 3, 32, 32).copy())
@@ -93,7 +104,7 @@ def load_cifar10(request: DatasetRequest) -> ImageDataset:
     """CIFAR-10 from cifar-10-batches-py."""
     source = _locate(request, "cifar-10-batches-py", "cifar-10-python.tar.gz", CIFAR10_URL, CIFAR10_SHA256)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
-    raw = {k: load_pickle_batch(v) for k, v in _read_members(source, "cifar-10-batches-py", names).items()}
+    raw = _decode_members(source, _read_members(source, "cifar-10-batches-py", names))
     classes = tuple(c.decode() if isinstance(c, bytes) else c for c in raw["batches.meta"]["label_names"])
     train = _to_split([raw[f"data_batch_{i}"] for i in range(1, 6)], "labels")
     test = _to_split([raw["test_batch"]], "labels")
@@ -108,7 +119,7 @@ def load_cifar100(request: DatasetRequest) -> ImageDataset:
     if labels not in ("fine", "coarse"):
         raise ConfigError(f"data.options.labels must be 'fine' or 'coarse', got {labels!r}")
     source = _locate(request, "cifar-100-python", "cifar-100-python.tar.gz", CIFAR100_URL, CIFAR100_SHA256)
-    raw = {k: load_pickle_batch(v) for k, v in _read_members(source, "cifar-100-python", ["train", "test", "meta"]).items()}
+    raw = _decode_members(source, _read_members(source, "cifar-100-python", ["train", "test", "meta"]))
     names = raw["meta"][f"{labels}_label_names"]
     classes = tuple(c.decode() if isinstance(c, bytes) else c for c in names)
     key = f"{labels}_labels"

@@ -21,14 +21,14 @@ def find_file(relative: str, roots: tuple[Path, ...]) -> Path | None:
     return None
 
 
-def fetch(relative: str, roots: tuple[Path, ...], url: str | None, sha256: str | None, download: bool) -> Path:
-    """Find `relative` under a root, or download it into the first root; verify the checksum either way."""
+def fetch(relative: str, roots: tuple[Path, ...], url: str | None, sha256: str | None, download: bool,
+          how_to_get: str = "") -> Path:
+    """Find `relative` under a root, or download it into the first root; verify the checksum either way.
+    `how_to_get` tells the user where a file without a download address comes from."""
     found = find_file(relative, roots)
     if found is None:
         if not (download and url):
-            where = ", ".join(str(Path(r).expanduser()) for r in roots)
-            hint = f" or set data.download: true to fetch it from {url}" if url else ""
-            raise DataNotFoundError(f"'{relative}' not found in: {where}; put it in one of them{hint}")
+            raise DataNotFoundError(missing_file_message(relative, roots, url, download, how_to_get))
         found = Path(roots[0]).expanduser() / relative
         found.parent.mkdir(parents=True, exist_ok=True)
         _download(url, found)
@@ -37,6 +37,18 @@ def fetch(relative: str, roots: tuple[Path, ...], url: str | None, sha256: str |
         if actual != sha256:
             raise DataNotFoundError(f"{found} has sha256 {actual[:16]}..., expected {sha256[:16]}...: the file is corrupt or a different version; delete it")
     return found
+
+
+def missing_file_message(relative: str, roots: tuple[Path, ...], url: str | None, download: bool, how_to_get: str = "") -> str:
+    """Where the file was looked for, how to get it, and how to point slimlab at another folder."""
+    where = ", ".join(str(Path(r).expanduser()) for r in roots)
+    if url:
+        get = f"download it from {url} into one of them, or set data.download: true to let slimlab do so"
+    else:
+        get = (how_to_get or "it has no download address") + (
+            " (data.download: true cannot help: there is no address to download it from)" if download else "")
+    return (f"'{relative}' not found in: {where}. {get}. Another folder can be searched with data.root in the config "
+            f"or SLIMLAB_DATA=DIR[:DIR...] in the environment")
 
 
 def _download(url: str, target: Path) -> None:

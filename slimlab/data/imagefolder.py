@@ -12,7 +12,7 @@ import torch
 from slimlab.data import DatasetRequest, ImageDataset, ImageSplit, register_dataset
 from slimlab.data.cifar import CIFAR10_MEAN, CIFAR10_STD
 from slimlab.data.files import fetch, load_tensors, save_tensors_atomic
-from slimlab.errors import DataNotFoundError
+from slimlab.errors import BadDataError, DataNotFoundError
 from slimlab.fingerprint import content_fingerprint
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
@@ -67,6 +67,9 @@ def decode_image_folder(source: Path, image_size: int | None, test_fraction: flo
                                 "deeper sub-folder); with train/ and test/ folders every image must sit directly in one")
     items.sort(key=lambda it: it[0])
     classes = sorted({w[1] for w, _ in items})
+    if len(classes) < 2:  # a 1-output classifier reaches 100% and learns nothing
+        raise BadDataError(f"{source}: {len(classes)} class ({', '.join(classes)}); a classifier needs at least two class "
+                           "sub-folders (class/NAME.jpg, or train/class/ and test/class/)")
     class_index = {c: i for i, c in enumerate(classes)}
     arrays, labels, splits = [], [], []
     for (split, cls, name), data in tqdm(items, desc="decoding", unit="img", disable=not progress, mininterval=1):
@@ -147,7 +150,10 @@ def load_user_image_folder(request: DatasetRequest) -> ImageDataset:
                   options=("image_size",))
 def load_cifar10_jpeg(request: DatasetRequest) -> ImageDataset:
     """The CIFAR-10 JPEG re-encoding: lossy, so figures from it say 'CIFAR-10 (JPEG copy)'."""
-    archive = Path(request.path).expanduser() if request.path else fetch(CIFAR10_JPEG_ARCHIVE, request.roots, None, CIFAR10_JPEG_SHA256, False)
+    archive = Path(request.path).expanduser() if request.path else fetch(
+        CIFAR10_JPEG_ARCHIVE, request.roots, None, CIFAR10_JPEG_SHA256, request.download,
+        how_to_get="it is the project's JPEG copy of CIFAR-10, which cannot be downloaded: copy it from a machine that has "
+                   "it (the project's shared/datasets folder), or use dataset 'cifar10', which can")
     data = load_image_folder(archive, request.cache_dir, "cifar10_jpeg", request.options)
     # Normalise with the canonical CIFAR-10 statistics so checkpoints move between the two copies.
     return ImageDataset("cifar10_jpeg", data.train, data.test, data.classes, CIFAR10_MEAN, CIFAR10_STD, source=data.source, extra=data.extra)
