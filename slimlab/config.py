@@ -124,14 +124,20 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _schedule_fits_epochs(self):
-        if self.epochs and self.warmup_epochs > self.epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
+        # Both named at once, with the values that fit: shortening a recipe (--set train.epochs=1) trips on both.
+        too_long = [(key, value) for key, value in (("warmup_epochs", self.warmup_epochs), ("uncropped_final_epochs",
+                    self.uncropped_final_epochs)) if self.epochs and value > self.epochs]
+        if too_long:
+            named = " and ".join(f"train.{key} ({value})" for key, value in too_long)
+            fixes = " ".join(f"--set train.{key}={self.epochs}" for key, _ in too_long)
+            raise ValueError(f"{named} exceed{'s' * (len(too_long) == 1)} train.epochs ({self.epochs}); shorten "
+                             f"{'it' if len(too_long) == 1 else 'them'} too, e.g. {fixes}")
         if self.distill_weight > 0 and self.ema_decay is None:
             raise ValueError("distill_weight needs ema_decay: the weight average is the teacher")
         if self.distill_mirrored and self.distill_weight == 0:
             raise ValueError("distill_mirrored needs distill_weight above 0: without a teacher there is nothing to mirror")
-        if self.uncropped_final_epochs > self.epochs:
-            raise ValueError(f"uncropped_final_epochs ({self.uncropped_final_epochs}) exceeds epochs ({self.epochs})")
+        if self.uncropped_final_epochs > self.epochs:  # with epochs: 0
+            raise ValueError(f"train.uncropped_final_epochs ({self.uncropped_final_epochs}) exceeds train.epochs ({self.epochs})")
         return self
 
 
@@ -169,6 +175,13 @@ class ExperimentConfig(Strict):
         from slimlab.steps import validate_step
 
         return [validate_step(i, s) for i, s in enumerate(v)]
+
+    @model_validator(mode="after")
+    def _a_batch_fits_the_training_subset(self):
+        if self.train.epochs and self.data.train_subset is not None and self.data.train_subset < self.train.batch_size:
+            raise ValueError(f"data.train_subset ({self.data.train_subset}) is smaller than train.batch_size "
+                             f"({self.train.batch_size}): training drops a short last batch, so no step would run")
+        return self
 
     @model_validator(mode="after")
     def _branches_fold_before_rewinding(self):
@@ -288,20 +301,34 @@ def build_config(raw: dict, source: str = "config") -> ExperimentConfig:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        got = "" if err["type"] == "extra_forbidden" else f" (got {err.get('input')!r})"
+        # A check across keys gets the whole section as its input: its message names the keys, so the section is not shown.
+        got = "" if err["type"] == "extra_forbidden" or isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
         more = f" and {exc.error_count() - 1} more problem(s)" if exc.error_count() > 1 else ""
         raise ConfigError(f"{source}: {where}: {message}{got}{more}") from None
 
 
+STUDY_ONLY_KEYS = {"base", "set", "grid", "zip", "exclude", "seeds", "variants", "slurm"}  # slimlab.plan.STUDY_KEYS less name
+
+
 def read_yaml_mapping(path: Path, what: str) -> dict:
-    """A YAML file whose top level is a mapping; bad YAML or another shape is a one-line ConfigError naming `what`."""
+    """A YAML file whose top level is a mapping; bad YAML, an empty file or another shape is a one-line ConfigError."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({what}): {str(exc).splitlines()[0]}") from None
+    if data is None:  # an empty file would otherwise run every default: a full-length training nobody asked for
+        raise ConfigError(f"{path}: the file is empty; a {what} needs at least one key")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a {what} is a mapping of keys to values, not a {type(data).__name__}")
     return data
+
+
+def step_override_applies(raw: dict, text: str) -> bool:
+    """False for `steps.N.KEY=...` where `raw` has no step N: a study applies it to the variants that have that step."""
+    keys, _ = parse_override(text)
+    if keys[0] != "steps" or len(keys) < 3 or not keys[1].isdigit():
+        return True
+    return int(keys[1]) < len(raw.get("steps") or [])
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> ExperimentConfig:
@@ -314,4 +341,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file")
         raw.update(read_yaml_mapping(path, "config file (sections data, model, train, ...)"))
+        if study_keys := sorted(STUDY_ONLY_KEYS & set(raw)):
+            raise ConfigError(f"{path}: a study file (it has {', '.join(study_keys)}), not an experiment: run it with "
+                              f"`slimlab study {path}`")
     return build_config(apply_overrides(raw, list(overrides)), source)

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from slimlab.config import (ExperimentConfig, apply_overrides, build_config, config_hash, read_yaml_mapping,
-                            rewind_epochs, training_hash)
+                            rewind_epochs, step_override_applies, training_hash)
 from slimlab.errors import ConfigError
 
 STUDY_KEYS = {"name", "base", "set", "grid", "zip", "exclude", "seeds", "variants", "slurm"}
@@ -176,12 +176,17 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
         if not any(all(({**point, "variant": variant}).get(k) == v for k, v in rule.items()) for variant in variants for point in points):
             raise ConfigError(f"{path}: exclude[{i}] {rule} matches no point of the study; check its values")
     varying = [k for k in (points[0] if points else {}) if len({repr(p[k]) for p in points}) > 1]
-    runs = []
+    runs, applied = [], set()
     for variant, point in pairs:
         label = _label(variant, point, varying, len(variants) > 1)
-        raw = apply_overrides(base, [*_dotted(point), *_dotted(variants[variant] or {}), *overrides])
+        raw = apply_overrides(base, [*_dotted(point), *_dotted(variants[variant] or {})])
+        fitting = [o for o in overrides if step_override_applies(raw, o)]  # --set steps.0.KEY: the variants with a step 0
+        applied.update(fitting)
+        raw = apply_overrides(raw, fitting)
         raw["name"] = f"{name}:{label}"
         runs.append(PlannedRun(label, variant, point, build_config(raw, f"{path} ({label})")))
+    if unused := [o for o in overrides if o not in applied]:
+        raise ConfigError(f"--set {unused[0]}: no run of the study has that step")
     return Study(name, str(path), runs, (["variant"] if len(variants) > 1 else []) + varying, _slurm_settings(study, path))
 
 

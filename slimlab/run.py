@@ -15,7 +15,7 @@ from slimlab import measure
 from slimlab.config import ExperimentConfig, config_hash, rewind_epochs, training_hash
 from slimlab.data import DatasetRequest, ImageDataset, ImageSplit, load_dataset
 from slimlab.data.loader import DeviceLoader, balanced_subset, split_validation
-from slimlab.errors import SlimlabError
+from slimlab.errors import ConfigError, SlimlabError
 from slimlab.models import create_model
 from slimlab.steps import step_kinds
 from slimlab.store import DEFAULT_STORE, RunRecord, Store
@@ -71,6 +71,12 @@ def prepare_data(config: ExperimentConfig, progress: bool = True, device: str | 
     train_split, val_split = split_validation(dataset.train, config.data.val_size, seed=DATA_SPLIT_SEED)
     if config.data.train_subset:
         train_split = balanced_subset(train_split, config.data.train_subset, seed=DATA_SPLIT_SEED)
+    if config.train.epochs and len(train_split) < config.train.batch_size:  # before training, not mid-way through it
+        raise ConfigError(f"the training split has {len(train_split)} images ({config.data.name}: {len(dataset.train)} "
+                          f"training images less data.val_size {config.data.val_size}"
+                          f"{f', then data.train_subset {config.data.train_subset}' if config.data.train_subset else ''}), "
+                          f"fewer than train.batch_size ({config.train.batch_size}): training drops a short last batch, "
+                          "so no step would run; lower train.batch_size or data.val_size")
     test = dataset.test
     if config.data.test_subset:
         test = balanced_subset(test, config.data.test_subset, seed=DATA_SPLIT_SEED)
@@ -192,7 +198,25 @@ def _build_model(config: ExperimentConfig, data: Prepared) -> nn.Module:
     c, h, w = data.dataset.image_shape
     model = create_model(config.model.name, data.dataset.num_classes, c, h, weights=config.model.weights, **config.model.options)
     model = model.to(data.device)
+    _check_output_width(model, config.model.name, data.dataset.num_classes, (2, c, h, w), data.device)
     return model.to(memory_format=torch.channels_last) if config.train.channels_last and c > 1 else model
+
+
+def _check_output_width(model: nn.Module, name: str, num_classes: int, shape: tuple, device: torch.device) -> None:
+    """One forward pass when the model is built: a factory whose output does not give one logit per class fails here,
+    in one line, not in the loss mid-training."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(shape, device=device))
+    except Exception as exc:
+        raise ConfigError(f"model.name: '{name}' fails on a batch of {tuple(shape)} images: {type(exc).__name__}: {exc}") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.shape != (shape[0], num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model.name: '{name}' gives {got} for a batch of {tuple(shape)} images; the dataset has "
+                          f"{num_classes} classes, so it must give ({shape[0]}, {num_classes}): one logit per class")
 
 
 def _execute(config: ExperimentConfig, run_id: str, store: Store, options: RunOptions):

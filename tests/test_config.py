@@ -1,4 +1,6 @@
 """Config validation names the key and file; the run id is a pinned hash of the whole config."""
+from pathlib import Path
+
 import pytest
 
 from slimlab.config import ExperimentConfig, build_config, config_hash, load_config
@@ -45,7 +47,7 @@ def test_hash_covers_defaults_and_every_field():
 
 
 def test_schedule_limits_are_checked_against_epochs():
-    with pytest.raises(ConfigError, match=r"uncropped_final_epochs \(30\) exceeds epochs \(20\)"):
+    with pytest.raises(ConfigError, match=r"uncropped_final_epochs \(30\) exceeds train.epochs \(20\)"):
         build_config({"train": {"uncropped_final_epochs": 30}})
     with pytest.raises(ConfigError, match="distill_weight needs ema_decay"):
         build_config({"train": {"distill_weight": 0.5}})
@@ -138,3 +140,40 @@ def test_the_run_id_follows_the_contents_of_the_files_a_config_names(tmp_path):
     first = config_hash(images)
     (folder / "2.png").write_bytes(b"y")
     assert config_hash(images) != first
+
+
+def test_an_empty_file_is_refused_not_run_with_every_default(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_bytes(b"")
+    with pytest.raises(ConfigError, match="empty.yaml: the file is empty"):
+        load_config(empty)
+
+
+def test_a_study_file_given_to_run_says_to_use_study(tmp_path):
+    study = tmp_path / "grid.yaml"
+    study.write_text("name: g\nbase: base.yaml\ngrid: {seed: [0, 1]}\n")
+    with pytest.raises(ConfigError, match=r"a study file \(it has base, grid\), not an experiment: run it with `slimlab study"):
+        load_config(study)
+
+
+def test_a_training_subset_smaller_than_a_batch_is_refused_naming_both():
+    with pytest.raises(ConfigError, match=r"data.train_subset \(10\) is smaller than train.batch_size \(16\)"):
+        build_config({"data": {"train_subset": 10}, "train": {"batch_size": 16}})
+    build_config({"data": {"train_subset": 10}, "train": {"batch_size": 16, "epochs": 0}})  # no training: nothing to batch
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_every_example_shortened_to_one_epoch_works_or_names_only_the_conflicting_keys(path):
+    from slimlab.config import STUDY_ONLY_KEYS, read_yaml_mapping
+    from slimlab.plan import load_study
+
+    is_study = bool(STUDY_ONLY_KEYS & set(read_yaml_mapping(path, "example")))
+    try:
+        (load_study if is_study else load_config)(path, ["train.epochs=1"])
+    except ConfigError as exc:
+        text = str(exc)
+        assert "{" not in text and len(text) < 400, text  # not the whole train section
+        assert "--set train.warmup_epochs=1" in text or "--set train.uncropped_final_epochs=1" in text, text

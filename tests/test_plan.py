@@ -85,3 +85,20 @@ def test_seed_table_keeps_one_column_per_grid_point(tmp_path):
     header, accuracy = seed_table(store.runs(), "seed-q").splitlines()[:2]
     assert "float/seed=0 | cifar10_jpeg" in header and "float/seed=1 | cifar10_jpeg" in header
     assert "86.10" in accuracy and "86.70" in accuracy
+
+
+def test_set_steps_applies_to_the_variants_that_have_that_step(tmp_path):
+    body = ("base: base.yaml\nvariants:\n  float: {}\n"
+            "  pruned: {steps: [{kind: prune, amount: 0.5, rounds: 1}]}\n")
+    study = load_study(_study(tmp_path, body), ["steps.0.amount=0.8"])
+    configs = {r.variant: r.config for r in study.runs}
+    assert configs["float"].steps == [] and configs["pruned"].steps[0]["amount"] == 0.8
+    with pytest.raises(ConfigError, match="--set steps.1.amount=0.8: no run of the study has that step"):
+        load_study(_study(tmp_path, body), ["steps.1.amount=0.8"])
+
+
+def test_an_experiment_file_given_to_study_says_to_use_run(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(json.dumps(tiny_config()))
+    with pytest.raises(ConfigError, match="looks like an experiment file: use `slimlab run`"):
+        load_study(path)

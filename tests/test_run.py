@@ -14,6 +14,7 @@ from slimlab.models import create_model
 from conftest import REPO, tiny_config
 from slimlab.config import build_config, config_hash, training_hash
 from slimlab.store import Store
+from slimlab.errors import ConfigError
 from slimlab.train import lr_multiplier
 
 # model_size_bytes is left out: TorchScript mangles class names differently the second time a process compiles them.
@@ -226,3 +227,21 @@ def test_a_second_process_waits_for_the_same_run_instead_of_repeating_it(tmp_pat
     with store.exclusive(f"run-{first.id}"):
         pass  # released after the run: a later run of it is not stuck
     assert slimlab.run(config, store, progress=False).id == first.id
+
+
+def test_a_factory_whose_output_width_differs_from_the_classes_fails_when_built(store_dir, tmp_path, monkeypatch):
+    (tmp_path / "widenet.py").write_text("from slimlab.models import create_model\n"
+                                         "def build(num_classes, in_channels, image_size):\n"
+                                         "    return create_model('resnet20', num_classes + 3, in_channels, image_size)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys.modules["slimlab.run"], "train", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(ConfigError, match=r"'widenet:build' gives \(2, 13\) for a batch of \(2, 3, 32, 32\) images; the "
+                                          r"dataset has 10 classes"):
+        slimlab.run(build_config(tiny_config(**{"model.name": "widenet:build"})), store_dir, progress=False)
+
+
+def test_a_training_split_smaller_than_a_batch_is_refused_before_training(store_dir):
+    raw = tiny_config(**{"train.batch_size": 128})  # 96 synthetic images less 32 for validation: 64
+    with pytest.raises(ConfigError, match=r"the training split has 64 images \(synthetic: 96 training images less "
+                                          r"data.val_size 32\), fewer than train.batch_size \(128\)"):
+        slimlab.run(build_config(raw), store_dir, progress=False)
