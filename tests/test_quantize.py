@@ -73,9 +73,9 @@ def test_static_weights_are_int8_in_range(static_int8):
         assert weight.dtype == torch.qint8, name
         assert weight.qscheme() == torch.per_channel_affine and not weight.q_per_channel_zero_points().any(), name  # symmetric
         assert weight.q_per_channel_scales().numel() == weight.shape[0], name
+        assert -128 <= weight.int_repr().min() and weight.int_repr().max() <= 127, name
     with pytest.raises(SlimlabError, match="already quantized"):
         quantize_static_(quantized, StaticConfig(), [torch.zeros(1, 3, 32, 32)])
-        assert -128 <= weight.int_repr().min() and weight.int_repr().max() <= 127, name
 
 
 def test_static_sqnr_above_threshold_on_held_out_images(static_int8, splits):
