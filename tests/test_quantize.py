@@ -406,3 +406,22 @@ def test_quantize_step_end_to_end_through_run(tmp_path, method, optimizer):
     run_dir = tmp_path / "runs" / record.id
     assert (run_dir / "quant_layers.json").exists()
     assert (run_dir / ("model.onnx" if method == "onnxruntime" else "model.pt")).exists()
+
+
+@pytest.mark.parametrize("observer", ["minmax", "histogram"])
+def test_onnxruntime_calibrates_on_a_short_last_batch(trained, splits, observer):
+    pytest.importorskip("onnxruntime")
+    batches = _batches(splits[0], 16, 2) + [_batches(splits[0], 6, 1)[0]]  # 38 images: not a multiple of the batch
+    model = quantize_onnxruntime(copy.deepcopy(trained), StaticConfig(engine="onnxruntime", observer=observer), batches)
+    x = _batches(splits[1], 64, 1)[0]
+    assert compare_logits(trained, model, [x])["sqnr_db"] > MIN_SQNR_DB
+
+
+def test_uniform_calibration_batches_keep_every_image_one_batch_at_a_time():
+    from slimlab.quantize.onnx_runtime import uniform_batches
+
+    batches = [torch.full((16, 1), 0.0), torch.full((16, 1), 1.0), torch.full((6, 1), 2.0)]
+    stream = uniform_batches(batches)
+    assert not isinstance(stream, list)  # a generator: ORT is fed as it asks
+    pieces = list(stream)
+    assert {p.shape[0] for p in pieces} == {2} and torch.equal(torch.cat(pieces), torch.cat(batches))

@@ -78,6 +78,15 @@ class OnnxRuntimeModule(nn.Module):
                  "weights": sizes.get(dequantized.get(n.input[1], n.input[1]), 0)} for n in graph.node if n.op_type in WEIGHTED_OPS]
 
 
+def uniform_batches(batches: Sequence[torch.Tensor]):
+    """The calibration batches, all of one size: ORT stacks its per-batch outputs, so a short last batch (a calibration
+    split that is not a multiple of the batch) broke it. Batches of mixed sizes are cut into pieces of their greatest
+    common divisor, so every image is still seen; one batch at a time, never all at once."""
+    size = math.gcd(*(x.shape[0] for x in batches)) if batches else 0
+    for x in batches:
+        yield from (x,) if x.shape[0] == size else torch.split(x, size)
+
+
 @register_engine("onnxruntime")
 def quantize_onnxruntime(model: nn.Module, config: StaticConfig, calibration_batches: Sequence[torch.Tensor],
                          example: torch.Tensor | None = None) -> OnnxRuntimeModule:
@@ -88,8 +97,10 @@ def quantize_onnxruntime(model: nn.Module, config: StaticConfig, calibration_bat
                                           quantize_static)
 
     class Batches(CalibrationDataReader):
+        """One batch at a time, converted when ORT asks for it (a list of them all held every batch twice)."""
+
         def __init__(self):
-            self.feeds = iter([{INPUT: x.cpu().float().contiguous().numpy()} for x in calibration_batches])
+            self.feeds = ({INPUT: x.cpu().float().contiguous().numpy()} for x in uniform_batches(calibration_batches))
 
         def get_next(self):
             return next(self.feeds, None)
