@@ -202,9 +202,20 @@ def cmd_models(args) -> int:
 
 
 def cmd_datasets(args) -> int:
-    from slimlab.data import list_datasets
+    from slimlab.config import ExperimentConfig
+    from slimlab.data import dataset_presence, list_datasets
+    from slimlab.run import data_roots
 
-    return _print_listing(list_datasets(args.pattern), args.json)
+    roots = data_roots(ExperimentConfig(data={"name": "synthetic"}))  # $SLIMLAB_DATA and the default folders
+    listing = list_datasets(args.pattern)
+    found = {name: dataset_presence(name, roots) for name in listing}
+    if args.json:
+        print(json.dumps({name: {"description": text, "here": found[name][0], "path": str(found[name][1] or "") or None}
+                          for name, text in listing.items()}, indent=1))
+        return 0
+    _print_listing({name: f"{found[name][0]:9}  {text}" for name, text in listing.items()}, False)
+    print(f"\nlooked in: {', '.join(str(r) for r in roots)} (data.root in a config and $SLIMLAB_DATA add folders)")
+    return 0
 
 
 def _print_listing(items: dict[str, str], as_json: bool) -> int:
@@ -228,8 +239,18 @@ def _say(args, text: str) -> None:
         print(text, file=sys.stderr)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("slimlab")
+    except PackageNotFoundError:  # run from a checkout that was not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimlab", description="Train, quantize, prune and measure models; compare the trade-offs.")
+    parser.add_argument("--version", action="version", version=f"slimlab {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_store(p):
@@ -320,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         args.jobs_given = args.jobs is not None
         args.jobs = args.jobs or 1
     try:
-        return args.fn(args)
+        code = args.fn(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except SlimlabError as exc:
         print(f"slimlab: error: {exc}", file=sys.stderr)
         return 2

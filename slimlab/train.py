@@ -5,6 +5,7 @@ import contextlib
 import copy
 import itertools
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -203,7 +204,7 @@ def _evaluate(model: nn.Module, loader: DeviceLoader, amp: bool, max_batches: in
     correct1 = correct5 = 0
     loss_sum, n = 0.0, 0
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
-    for b, (x, y) in enumerate(tqdm(loader, total=total, desc=desc, leave=False, disable=not progress)):
+    for b, (x, y) in enumerate(tqdm(loader, total=total, desc=desc, leave=False, disable=not bars_on(progress))):
         if max_batches is not None and b >= max_batches:
             break
         # Evaluation autocasts on CUDA only: CPU figures stay fp32 whatever precision trained the model.
@@ -221,6 +222,11 @@ def _evaluate(model: nn.Module, loader: DeviceLoader, amp: bool, max_batches: in
     if n == 0:
         return {}
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n, "samples": n}
+
+
+def bars_on(progress: bool) -> bool:
+    """Progress bars only on a terminal: in a log or a pipe their redraws are escape codes; plain lines say enough."""
+    return progress and sys.stderr.isatty()
 
 
 def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val_loader: DeviceLoader | None = None,
@@ -266,7 +272,7 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen = 0
-        bar = tqdm(total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress, mininterval=1)
+        bar = tqdm(total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, disable=not bars_on(progress), mininterval=1)
         for b, (x, y) in enumerate(train_loader):
             if b >= steps_per_epoch:
                 break

@@ -6,7 +6,7 @@ from slimlab.errors import ConfigError, SlimlabError
 from slimlab.models import create_model, list_models
 
 PUBLISHED_PARAMS = {  # exact counts where a reference implementation publishes them (10 classes)
-    "resnet18": 11_173_962,           # kuangliu/pytorch-cifar, REFERENCES.md
+    "resnet18": 11_173_962,           # kuangliu/pytorch-cifar, docs/references.md
     "resnet18_imagenet": 11_181_642,  # torchvision resnet18(num_classes=10)
     "resnet50_imagenet": 23_528_522,  # torchvision resnet50(num_classes=10)
     "lenet5": 61_706,                 # LeNet-5 on 28x28 MNIST

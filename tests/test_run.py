@@ -36,7 +36,7 @@ def test_run_records_metrics_and_files(store_dir):
     assert 0 < m["model_size_deflate_bytes"] < m["model_size_bytes"]
     assert 0 < m["latency_b1_median_ms"] <= m["latency_b1_p90_ms"]
     assert m["throughput_b4_per_s"] == pytest.approx(4000 / m["latency_b4_median_ms"])
-    assert m["macs"] == 40_813_184  # ResNet-20 at 32x32: 40.8 M MACs (REFERENCES.md)
+    assert m["macs"] == 40_813_184  # ResNet-20 at 32x32: 40.8 M MACs (docs/references.md)
     assert m["train_epochs"] == 2 and m["train_seconds"] > 0
     if "train_energy_j" in m:  # a host with a readable counter (RAPL, NVML); tests/test_measure.py fakes one
         assert m["train_energy_j"] > 0 and "measured with" in record.notes["train_energy_j"]

@@ -67,17 +67,33 @@ class DatasetRequest:
 Loader = Callable[[DatasetRequest], ImageDataset]
 _REGISTRY: dict[str, tuple[Loader, str]] = {}
 _OPTIONS: dict[str, tuple[str, ...]] = {}  # the data.options keys each loader reads; any other key is a typo
+_FILES: dict[str, tuple[str, ...] | None] = {}  # where a dataset's files lie under a data root (any one suffices)
 
 
-def register_dataset(name: str, description: str = "", options: tuple[str, ...] = ()):
-    """Register a loader function under `name`; `options` lists the data.options keys it reads."""
+def register_dataset(name: str, description: str = "", options: tuple[str, ...] = (), files: tuple[str, ...] | None = None):
+    """Register a loader function under `name`; `options` lists the data.options keys it reads; `files` the paths
+    under a data root any one of which means the dataset is on this machine (None: it needs no files, or data.path)."""
 
     def wrap(fn: Loader) -> Loader:
         _REGISTRY[name] = (fn, description or (fn.__doc__ or "").strip().splitlines()[0])
         _OPTIONS[name] = tuple(options)
+        _FILES[name] = files
         return fn
 
     return wrap
+
+
+def dataset_presence(name: str, roots: tuple[Path, ...]) -> tuple[str, Path | None]:
+    """(`present`, where) or (`missing`, None), or why the question does not apply (generated data, your own path)."""
+    _load_builtin()
+    files = _FILES.get(name)
+    if files is None:
+        return ("generated" if name == "synthetic" else "data.path"), None
+    for root in roots:
+        for relative in files:
+            if (Path(root).expanduser() / relative).exists():
+                return "present", Path(root).expanduser() / relative
+    return "missing", None
 
 
 def dataset_options(name: str) -> tuple[str, ...]:

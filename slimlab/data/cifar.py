@@ -99,7 +99,8 @@ def _locate(request: DatasetRequest, folder: str, archive: str, url: str, sha: s
     return fetch(archive, request.roots, url, sha, request.download)
 
 
-@register_dataset("cifar10", "CIFAR-10 (canonical python batches; 50k train, 10k test, 10 classes)")
+@register_dataset("cifar10", "CIFAR-10 (canonical python batches; 50k train, 10k test, 10 classes)",
+                  files=("cifar-10-batches-py", "cifar-10-python.tar.gz"))
 def load_cifar10(request: DatasetRequest) -> ImageDataset:
     """CIFAR-10 from cifar-10-batches-py."""
     source = _locate(request, "cifar-10-batches-py", "cifar-10-python.tar.gz", CIFAR10_URL, CIFAR10_SHA256)
@@ -112,7 +113,7 @@ def load_cifar10(request: DatasetRequest) -> ImageDataset:
 
 
 @register_dataset("cifar100", "CIFAR-100 (canonical python pickles; fine labels, or coarse with data.options.labels=coarse)",
-                  options=("labels",))
+                  options=("labels",), files=("cifar-100-python", "cifar-100-python.tar.gz"))
 def load_cifar100(request: DatasetRequest) -> ImageDataset:
     """CIFAR-100 from cifar-100-python; `options.labels` picks fine (100) or coarse (20) labels."""
     labels = request.options.get("labels", "fine")

@@ -50,14 +50,16 @@ def _load(request: DatasetRequest, name: str, folder: str, mirror: str, classes:
     return ImageDataset(name, split(train_x, train_y), split(test_x, test_y), classes, mean, std, source=str(roots[0]))
 
 
-@register_dataset("mnist", "MNIST handwritten digits (IDX files; 60k train, 10k test, 28x28 gray)")
+@register_dataset("mnist", "MNIST handwritten digits (IDX files; 60k train, 10k test, 28x28 gray)",
+                  files=tuple(f"mnist/{_FILES[0]}{gz}" for gz in ("", ".gz")))
 def load_mnist(request: DatasetRequest) -> ImageDataset:
     """MNIST from IDX files."""
     return _load(request, "mnist", "mnist", "https://ossci-datasets.s3.amazonaws.com/mnist/",
                  tuple(str(i) for i in range(10)), (0.1307,), (0.3081,))
 
 
-@register_dataset("fashion_mnist", "Fashion-MNIST (IDX files; 60k train, 10k test, 28x28 gray)")
+@register_dataset("fashion_mnist", "Fashion-MNIST (IDX files; 60k train, 10k test, 28x28 gray)",
+                  files=tuple(f"fashion_mnist/{_FILES[0]}{gz}" for gz in ("", ".gz")))
 def load_fashion_mnist(request: DatasetRequest) -> ImageDataset:
     """Fashion-MNIST from IDX files."""
     classes = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot")

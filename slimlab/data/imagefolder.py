@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
 import tarfile
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def decode_image_folder(source: Path, image_size: int | None, test_fraction: flo
 
     entries = _entries_from_archive(source) if source.is_file() else _entries_from_folder(source)
     items, paths = [], []
-    for parts, data in tqdm(entries, desc=f"reading {source.name}", unit="img", disable=not progress, mininterval=1):
+    for parts, data in tqdm(entries, desc=f"reading {source.name}", unit="img", disable=not (progress and sys.stderr.isatty()), mininterval=1):
         if (where := _split_of(parts)) is not None:
             items.append((where, data))
             paths.append(parts)
@@ -72,7 +73,7 @@ def decode_image_folder(source: Path, image_size: int | None, test_fraction: flo
                            "sub-folders (class/NAME.jpg, or train/class/ and test/class/)")
     class_index = {c: i for i, c in enumerate(classes)}
     arrays, labels, splits = [], [], []
-    for (split, cls, name), data in tqdm(items, desc="decoding", unit="img", disable=not progress, mininterval=1):
+    for (split, cls, name), data in tqdm(items, desc="decoding", unit="img", disable=not (progress and sys.stderr.isatty()), mininterval=1):
         try:
             with Image.open(io.BytesIO(data)) as img:
                 img = img.convert("RGB")
@@ -147,7 +148,7 @@ def load_user_image_folder(request: DatasetRequest) -> ImageDataset:
 
 
 @register_dataset("cifar10_jpeg", "CIFAR-10 (JPEG copy, cifar10-jpeg.tar.xz, sha256-checked; 50k train, 10k test)",
-                  options=("image_size",))
+                  options=("image_size",), files=(CIFAR10_JPEG_ARCHIVE,))
 def load_cifar10_jpeg(request: DatasetRequest) -> ImageDataset:
     """The CIFAR-10 JPEG re-encoding: lossy, so figures from it say 'CIFAR-10 (JPEG copy)'."""
     archive = Path(request.path).expanduser() if request.path else fetch(
