@@ -44,9 +44,17 @@ def test_flatten_gives_the_dotted_keys_set_takes():
 
 def test_config_differences_lists_only_keys_that_differ_with_missing_as_none():
     diff = config_differences([FLOAT.config, PRUNED.config, FAILED.config])
-    assert diff == {"train.lr": [0.2, 0.2, 2.0], "steps": [[], None, []], "steps.0.kind": [None, "prune", None],
+    assert diff == {"train.lr": [0.2, 0.2, 2.0], "steps.0.kind": [None, "prune", None],
                     "steps.0.method": [None, "l1", None], "steps.0.amount": [None, 0.8, None]}
     assert config_differences([FLOAT.config, FLOAT.config]) == {}
+
+
+def test_a_steps_defaults_are_shown_only_where_runs_with_that_step_differ():
+    quant = [{"kind": "quantize", "method": "static", "observer": "minmax", "engine": "x86"}]
+    a, b, c = ({"steps": []}, {"steps": quant}, {"steps": [{**quant[0], "observer": "histogram"}]})
+    assert config_differences([a, b]) == {"steps.0.kind": [None, "quantize"], "steps.0.method": [None, "static"]}
+    assert config_differences([a, b, c])["steps.0.observer"] == [None, "minmax", "histogram"]
+    assert "steps.0.engine" not in config_differences([a, b, c])
 
 
 def test_headline_figures_in_units_with_device_and_latency_states():
@@ -64,7 +72,7 @@ def test_headline_figures_in_units_with_device_and_latency_states():
     assert _row(figures, "Quantization error, SQNR of logits (dB)") == ["", "", "21.50", ""]
     assert _row(figures, "Status") == ["done", "done", "done", "failed (diverged)"]
     assert "Energy" not in " ".join(labels)  # a figure no run has is left out
-    assert [r[0] for r in config][:2] == ["train.lr", "steps"]
+    assert [r[0] for r in config][:2] == ["train.lr", "steps.0.kind"]
 
 
 def test_compare_text_is_one_column_per_run_figures_before_config():

@@ -13,8 +13,8 @@ from slimlab.store import Store
 
 HISTORY = [{"epoch": 1, "train_loss": 2.0, "val_top1": 30.0, "val_loss": 1.9, "precision": "fp32"},
            {"epoch": 2, "train_loss": 1.5, "val_top1": 45.0, "val_loss": 1.5, "precision": "fp32"},
-           {"prune_round": 1, "sparsity": 0.5, "test_top1": 40.0},
-           {"epoch": 1, "train_loss": 1.4, "val_top1": 44.0, "val_loss": 1.6, "precision": "fp32"}]
+           {"epoch": 1, "prune_round": 1, "train_loss": 1.4, "val_top1": 44.0, "val_loss": 1.6, "precision": "fp32"},
+           {"prune_round": 1, "sparsity": 0.5, "test_top1": 40.0}]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,8 @@ def test_tensorboard_scalars_per_epoch_and_final_figures(study_store, tmp_path):
     pruned = EventAccumulator(str(next((tmp_path / "tb").glob("l1_steps.0.amount=0.5_seed=0_9a12e500")))).Reload()
     val = pruned.Scalars("epoch/val_top1")
     assert [(e.step, e.value) for e in val] == [(1, 30.0), (2, 45.0), (3, 44.0)]  # training, then the retraining round
-    assert [e.value for e in pruned.Scalars("prune_round/test_top1")] == [40.0]
+    assert [(e.step, e.value) for e in pruned.Scalars("prune_round/test_top1")] == [(1, 40.0)]
+    assert not {"prune_round/train_loss", "epoch/prune_round", "prune_round/epoch"} & set(pruned.Tags()["scalars"])
     assert pruned.Scalars("final/top1")[0].value == pytest.approx(45.5)
     assert pruned.Scalars("final/top1_change")[0].value == pytest.approx(-1.5)
     assert pruned.Scalars("final/size")[0].value == pytest.approx(1.1)  # MB, as the label says

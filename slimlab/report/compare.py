@@ -35,17 +35,22 @@ def flatten(config: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+IDENTITY = ("kind", "method", "amount")  # what a step is: shown even where only one run has that step
+
+
 def config_differences(configs: Sequence[dict], ignore: tuple[str, ...] = ("name",)) -> dict[str, list]:
-    """The dotted config keys whose value is not the same in every config, each with its value per config (None where
-    a config lacks the key), in the order the keys first appear."""
+    """The dotted config keys whose value differs between the configs that have them, each with its value per config
+    (None where a config lacks the key), in the order the keys first appear. A key only some configs have (a step's
+    defaults, in a float run beside a pruned one) is shown only where those differ, or when it says what the step is."""
     flats = [flatten(c) for c in configs]
     keys = [k for k in dict.fromkeys(k for f in flats for k in f) if k not in ignore]
-    missing = object()
     diff = {}
     for key in keys:
-        values = [f.get(key, missing) for f in flats]
-        if len({json.dumps(v, sort_keys=True, default=str) if v is not missing else "\0missing" for v in values}) > 1:
-            diff[key] = [None if v is missing else v for v in values]
+        values = [f.get(key) if key in f else None for f in flats]
+        present = [json.dumps(f[key], sort_keys=True, default=str) for f in flats if key in f]
+        partial = len(present) < len(flats)
+        if len(set(present)) > 1 or (partial and key.rsplit(".", 1)[-1] in IDENTITY):
+            diff[key] = values
     return diff
 
 

@@ -14,7 +14,6 @@ import yaml
 
 from slimlab.errors import require
 from slimlab.report.compare import flatten
-from slimlab.report.curves import epoch_values
 from slimlab.report.fields import METRICS, latency_metric
 from slimlab.report.study import Study, StudyRun, load_study
 
@@ -46,14 +45,17 @@ def _hparams(run: StudyRun) -> dict[str, str | float | bool]:
     return found
 
 
-def _history_scalars(history: list[dict]) -> dict[str, list[float]]:
-    """`epoch/<key>` per epoch (training, then each retraining round, in order, as the report's curves) and
-    `prune_round/<key>` per pruning round."""
-    keys = dict.fromkeys(k for e in history if "epoch" in e for k, v in e.items() if k != "epoch" and _number(v))
-    scalars = {f"epoch/{k}": epoch_values(history, k) for k in keys}
-    rounds = [e for e in history if "prune_round" in e]
-    for key in dict.fromkeys(k for e in rounds for k, v in e.items() if k != "prune_round" and _number(v)):
-        scalars[f"prune_round/{key}"] = [e[key] for e in rounds if key in e]
+def _history_scalars(history: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) series: `epoch/<key>` after every epoch (training, then each retraining round, in order, as the
+    report's curves count them) and `prune_round/<key>` after each pruning round (step = the round)."""
+    epochs = [e for e in history if "epoch" in e]
+    rounds = [e for e in history if "prune_round" in e and "epoch" not in e]
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for prefix, entries, steps in (("epoch", epochs, range(1, len(epochs) + 1)), ("prune_round", rounds, [e["prune_round"] for e in rounds])):
+        for step, entry in zip(steps, entries):
+            for key, value in entry.items():
+                if key not in ("epoch", "prune_round") and _number(value):
+                    scalars.setdefault(f"{prefix}/{key}", []).append((step, float(value)))
     return scalars
 
 
@@ -94,11 +96,10 @@ def export_tensorboard(store_root: str | Path, study: str | None, out_dir: str |
         when = run.record.created
         _write(writer, _session_start(hparams[run.id], run.group, when), 0, when)
         history = loaded.history(run) if run.status == "done" else []
-        last = 0
-        for tag, ys in _history_scalars(history).items():
-            for step, y in enumerate(ys, start=1):
+        last = sum("epoch" in e for e in history)  # the final figures sit at the last epoch
+        for tag, points in _history_scalars(history).items():
+            for step, y in points:
                 _write(writer, Summary(value=[Summary.Value(tag=tag, simple_value=y)]), step, when)
-            last = max(last, len(ys))
         finals = [Summary.Value(tag=f"final/{m.key}", simple_value=v) for m in metrics if (v := m.read(run.metrics)) is not None]
         if finals:
             _write(writer, Summary(value=finals), last, run.record.updated)
@@ -230,8 +231,8 @@ def _log_mlflow_run(client, experiment_id: str, study: Study, run: StudyRun) -> 
         client.log_batch(run_id, params=params[i:i + MAX_PARAMS_TAGS_PER_BATCH])
     metrics = [Metric(k, float(v), end, 0) for k, v in record.metrics.items() if _number(v)]
     if run.status == "done":
-        for tag, ys in _history_scalars(study.history(run)).items():
-            metrics += [Metric(tag, float(y), start, step) for step, y in enumerate(ys, start=1) if _number(y)]
+        for tag, points in _history_scalars(study.history(run)).items():
+            metrics += [Metric(tag, y, start, step) for step, y in points]
     for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH])
     client.log_text(run_id, yaml.safe_dump(record.config, sort_keys=False), "config.yaml")
