@@ -3,10 +3,11 @@ through `slurm` on a single-node cluster this script starts; prints wall times, 
 
     python bench/study_scaling.py [--runs 40] [--executors inline,local,slurm] [--jobs 2]
 
-The runs: ResNet-20 on CIFAR-10 (JPEG copy) resized to 16x16, 1,000 training images (class-balanced), one epoch, top-1
+The runs: ResNet-20 on CIFAR-10 (JPEG copy) resized to 16x16, 2,000 training images (class-balanced), one epoch, top-1
 on 500 test images, batch-1 latency (2 warm-up, 5 timed passes). Each run is its own seed, so it trains its own parent:
 the plan has N trainings and N runs, all independent, as in the seed's script (one SLURM job per grid point). About
-5 s of work per run on a 2-core Xeon alone. Each executor starts from a fresh store; the dataset cache is warmed first.
+4-5 s per run inline on an otherwise idle 2-core Xeon. Each executor starts from a fresh store; the dataset cache is
+warmed first.
 
 Figures (W workers: -j for local, the node's CPUs for slurm, 1 for inline):
   speedup               = wall(inline) / wall(executor)
@@ -97,7 +98,7 @@ def slurm_cluster(folder: Path):
         yield None
 
 
-def run_executor(name: str, study_path: Path, folder: Path, jobs: int) -> dict | None:
+def run_executor(name: str, study_path: Path, folder: Path, jobs: int, runs_per_task: int = 1) -> dict | None:
     """Execute the study with one executor in a fresh store; its wall time, workers and the runs' records."""
     store_root = folder / f"store-{name}"
     settings = {}
@@ -106,7 +107,7 @@ def run_executor(name: str, study_path: Path, folder: Path, jobs: int) -> dict |
             cluster = stack.enter_context(slurm_cluster(folder / "slurm"))
             if cluster is None:
                 return None
-            settings = {"partition": cluster.partition, "cpus_per_run": 1, "time_min": 30}
+            settings = {"partition": cluster.partition, "cpus_per_run": 1, "time_min": 30, "runs_per_task": runs_per_task}
             workers = cluster.cpus
         else:
             workers = jobs if name == "local" else 1
@@ -135,8 +136,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--executors", default="inline,local,slurm", help="comma-separated, run in this order")
     parser.add_argument("-j", "--jobs", type=int, default=2, help="local: worker processes")
+    parser.add_argument("--runs-per-task", type=int, default=1, help="slurm: runs packed into one array task")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="change the run, e.g. data.train_subset=2000")
+                        help="change the run, e.g. data.train_subset=4000")
     parser.add_argument("--keep", help="keep the stores in this folder (default: a temporary folder, removed)")
     args = parser.parse_args()
     executors = [e.strip() for e in args.executors.split(",") if e.strip()]
@@ -159,7 +161,7 @@ def main() -> int:
     results = {}
     try:
         for name in executors:
-            if (result := run_executor(name, study_path, folder, args.jobs)) is not None:
+            if (result := run_executor(name, study_path, folder, args.jobs, args.runs_per_task)) is not None:
                 results[name] = result
     finally:
         if not args.keep:

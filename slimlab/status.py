@@ -30,7 +30,12 @@ def study_progress(store: Store, manifest: dict) -> dict:
 
 
 def _eta(store: Store, manifest: dict, counts: dict) -> float | None:
-    """Training epochs left times the seconds an epoch has taken so far, spread over the runs going on now."""
+    """Work left over the runs going on now: the parents' training epochs left at the seconds an epoch has taken, plus
+    each unfinished run at the median wall time of the runs done so far (a run's own steps: rounds, QAT, measuring).
+    None while there is nothing to go by."""
+    left = counts["queued"] + counts["running"] + counts["stale"]
+    if left == 0:
+        return 0.0
     epoch_seconds, epochs_left = [], 0
     for training in manifest.get("trainings", []):
         progress = store.training_progress(training["key"])
@@ -39,11 +44,12 @@ def _eta(store: Store, manifest: dict, counts: dict) -> float | None:
         if progress and progress.get("epoch"):
             epoch_seconds.append(progress["seconds"] / progress["epoch"])
         epochs_left += training["epochs"] - done
-    if counts["queued"] + counts["running"] + counts["stale"] == 0:
-        return 0.0
-    if not epoch_seconds:
+    ids = {run["id"] for run in manifest["runs"]}
+    run_seconds = [r.seconds for r in store.runs("done") if r.id in ids and r.seconds is not None]
+    if (epochs_left and not epoch_seconds) or not run_seconds:
         return None
-    return epochs_left * statistics.median(epoch_seconds) / max(1, counts["running"])
+    work = epochs_left * statistics.median(epoch_seconds or [0.0]) + left * statistics.median(run_seconds)
+    return work / max(1, counts["running"])
 
 
 def format_progress(name: str, progress: dict) -> list[str]:

@@ -50,11 +50,12 @@ class RunRecord:
     host: str = ""
     pid: int = 0
     attempts: int = 1  # how many times the run was started
+    seconds: float | None = None  # wall time of the last attempt, start to done
 
     def to_json(self) -> dict:
         return {"id": self.id, "status": self.status, "name": self.name, "config": self.config, "metrics": self.metrics,
                 "notes": self.notes, "env": self.env, "error": self.error, "failure": self.failure, "host": self.host,
-                "pid": self.pid, "attempts": self.attempts, "created": self.created, "updated": self.updated}
+                "pid": self.pid, "attempts": self.attempts, "seconds": self.seconds, "created": self.created, "updated": self.updated}
 
 
 def _temp_name(path: Path) -> str:
@@ -243,13 +244,13 @@ class Store:
         self._write({"id": run_id, "status": "running", "name": name or old.get("name", ""), "config": config,
                      "metrics": {}, "notes": {}, "env": {}, "error": None, "failure": None,
                      "host": socket.gethostname(), "pid": os.getpid(), "attempts": old.get("attempts", 0) + 1,
-                     "created": old.get("created", time.time())})
+                     "created": old.get("created", time.time()), "started": time.time()})
         self.beat(run_id)
 
     def finish(self, run_id: str, metrics: dict, notes: dict, env: dict, history: list[dict]) -> None:
         write_atomic(self.run_dir(run_id) / self.HISTORY, _dumps(history))
         self._write({**self._read(run_id), "status": "done", "metrics": metrics, "notes": notes, "env": env,
-                     "error": None, "failure": None})
+                     "error": None, "failure": None, "finished": time.time()})
 
     def fail(self, run_id: str, reason: str, failure: str = "error") -> None:
         """Record a failed run with its reason and class (one of FAILURE_CLASSES)."""
@@ -362,7 +363,8 @@ class Store:
         status = "stale" if is_stale(self.root, row) else row["status"]
         return RunRecord(row["id"], status, row.get("name") or "", row["config"], row.get("metrics", {}), row.get("notes", {}),
                          row.get("env", {}), row.get("error"), row["created"], row["updated"], failure=row.get("failure"),
-                         host=row.get("host") or "", pid=row.get("pid") or 0, attempts=row.get("attempts", 1))
+                         host=row.get("host") or "", pid=row.get("pid") or 0, attempts=row.get("attempts", 1),
+                         seconds=row["finished"] - row["started"] if row.get("finished") and row.get("started") else None)
 
 
 def is_stale(root: Path, record: dict) -> bool:

@@ -284,3 +284,20 @@ def test_force_runs_a_done_study_again_on_its_parents_and_retrain_trains_them_ag
         out = _cli("study", str(path), "--store", str(store), "--quiet", *flags)
         assert out.returncode == 0, out.stderr
         assert _trainings(counted) == trainings and {r.attempts for r in Store(store).runs()} == {attempts}, flags
+
+
+def test_status_gives_an_eta_from_the_work_done_so_far(tmp_path, counted):
+    from slimlab.status import study_progress
+
+    path = write_study(tmp_path, {"seeds": [0, 1, 2]})
+    store = Store(tmp_path / "store")
+    plan = plan_stages(load_study(path))
+    store.save_study(plan.manifest())
+    assert study_progress(store, plan.manifest())["eta_seconds"] is None  # nothing to go by yet: unknown, not "finished"
+    from slimlab.run import RunOptions, run
+
+    first = run(plan.runs[0].planned.config, store, options=RunOptions(progress=False))
+    progress = study_progress(store, plan.manifest())
+    assert progress["counts"]["done"] == 1 and progress["counts"]["queued"] == 2
+    epoch = store.training_progress(plan.runs[0].training)["seconds"]
+    assert progress["eta_seconds"] == pytest.approx(2 * epoch + 2 * first.seconds)  # 2 parents of 1 epoch, 2 runs left
