@@ -212,7 +212,7 @@ def _all_runs(client, experiment_id: str) -> list:
 
 
 def _log_mlflow_run(client, experiment_id: str, study: Study, run: StudyRun) -> None:
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
     from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
     record = run.record
