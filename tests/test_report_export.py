@@ -53,8 +53,10 @@ needs_mlflow = pytest.mark.skipif(not _installed("mlflow"), reason="mlflow is no
 def test_tensorboard_scalars_per_epoch_and_final_figures(study_store, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    exported = export_tensorboard(study_store, "exp", tmp_path / "tb")
+    export_tensorboard(study_store, "exp", tmp_path / "tb")
+    exported = export_tensorboard(study_store, "exp", tmp_path / "tb")  # again: replaced, not doubled
     assert (exported.runs, exported.skipped) == (3, 1)
+    assert all(len(list(d.glob("events.out.tfevents.*"))) == 1 for d in [exported.path, *exported.path.iterdir()] if d.is_dir())
     assert exported.open_with == f"tensorboard --logdir {tmp_path / 'tb'}"
     pruned = EventAccumulator(str(next((tmp_path / "tb").glob("l1_steps.0.amount=0.5_seed=0_9a12e500")))).Reload()
     val = pruned.Scalars("epoch/val_top1")

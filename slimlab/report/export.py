@@ -78,11 +78,11 @@ def _run_dir_name(run: StudyRun) -> str:
 
 def export_tensorboard(store_root: str | Path, study: str | None, out_dir: str | Path) -> Exported:
     """Write TensorBoard event files into `out_dir`: one folder per run with its scalars per epoch (`epoch/val_top1`,
-    ...), its final figures (`final/top1`, ...) and its hparams session; the hparams experiment at the top."""
+    ...), its final figures (`final/top1`, ...) and its hparams session; the hparams experiment at the top. Exporting
+    again into the same folder replaces the event files it wrote."""
     require("tensorboard", "tensorboard", "TensorBoard export")
     from tensorboard.compat.proto.summary_pb2 import Summary
     from tensorboard.plugins.hparams import api_pb2
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
     loaded = load_study(store_root, study)
     runs, skipped = _runs(loaded)
@@ -92,7 +92,7 @@ def export_tensorboard(store_root: str | Path, study: str | None, out_dir: str |
     hparams = {run.id: _hparams(run) for run in runs}
 
     for run in runs:
-        writer = EventFileWriter(str(out / _run_dir_name(run)))
+        writer = _fresh_writer(out / _run_dir_name(run))
         when = run.record.created
         _write(writer, _session_start(hparams[run.id], run.group, when), 0, when)
         history = loaded.history(run) if run.status == "done" else []
@@ -109,10 +109,19 @@ def export_tensorboard(store_root: str | Path, study: str | None, out_dir: str |
             _write(writer, _session_end(status, run.record.updated), last, run.record.updated)
         writer.close()
 
-    writer = EventFileWriter(str(out))
+    writer = _fresh_writer(out)
     _write(writer, _experiment(list(hparams.values()), metrics, loaded.name), 0, min((r.record.created for r in runs), default=0))
     writer.close()
     return Exported(out, len(runs), skipped, f"tensorboard --logdir {out}")
+
+
+def _fresh_writer(folder: Path):
+    """An event writer for `folder`, its earlier event files removed: exporting again replaces, never doubles, a run."""
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    for old in folder.glob("events.out.tfevents.*"):
+        old.unlink()
+    return EventFileWriter(str(folder))
 
 
 def _write(writer, summary, step: int, wall_time: float) -> None:
