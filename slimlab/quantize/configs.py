@@ -26,12 +26,15 @@ class DynamicConfig(QuantConfig):
 class StaticConfig(QuantConfig):
     """Post-training static quantization: fuse, observe calibration batches, convert to int8 kernels."""
 
-    engine: str = Field("x86", description="a registered engine: x86, fbgemm, qnnpack (eager torch) or onnxruntime")
+    engine: str = Field("x86", description="a registered engine: x86, fbgemm, qnnpack (torch.ao eager/FX), onnxruntime, pt2e "
+                                           "(torchao PT2E, lowered by torch.compile) or auto (the fastest accurate one here)")
     observer: Observer = "histogram"
     per_channel: bool = True
     skip: tuple[str, ...] = Field((), description="module names or globs left in float")
     auto_skip_worst_k: int = Field(0, ge=0, description="also leave the k layers with the lowest local SQNR in float")
     mode: Mode = Field("auto", description="torch engines: eager modules, FX graph mode, or auto (eager when the model allows)")
+    auto_batch_sizes: tuple[int, ...] = Field((1, 64), description="engine auto: the batch sizes it times each engine at")
+    auto_tolerance_db: float = Field(3.0, ge=0, description="engine auto: candidates within this SQNR of the best may be chosen")
 
     @field_validator("engine")
     @classmethod
@@ -46,7 +49,7 @@ class StaticConfig(QuantConfig):
 class QATConfig(QuantConfig):
     """Quantization-aware training: fake-quantized layers to fine-tune, then conversion to int8 kernels."""
 
-    engine: Backend = "x86"
+    engine: Literal["x86", "fbgemm", "qnnpack", "pt2e"] = "x86"
     per_channel: bool = True
     skip: tuple[str, ...] = Field((), description="module names or globs left in float")
     mode: Mode = "auto"

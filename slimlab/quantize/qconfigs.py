@@ -1,7 +1,10 @@
 """Observer and fake-quantize settings (torch QConfigs) for each engine, observer and weight granularity."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
+from torch import nn
 from torch.ao.quantization import (FusedMovingAvgObsFakeQuantize, HistogramObserver, MinMaxObserver,
                                    MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
                                    PerChannelMinMaxObserver, QConfig)
@@ -36,3 +39,32 @@ def qat_qconfig(backend: str, per_channel: bool) -> QConfig:
     weight = FusedMovingAvgObsFakeQuantize.with_args(observer=weight_observer, quant_min=weight_min, quant_max=127,
                                                      dtype=torch.qint8, qscheme=scheme)
     return QConfig(activation=activation, weight=weight)
+
+
+@contextlib.contextmanager
+def quantized_engine(engine: str):
+    """torch.backends.quantized.engine set to `engine` inside the block and restored after it, even on error."""
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def pin_engine(model: nn.Module, engine: str) -> nn.Module:
+    """Run `model` under the engine its int8 weights were packed for (a qnnpack model gives other numbers under x86),
+    set around each forward call only; nothing to do for the engine active now."""
+    if engine != torch.backends.quantized.engine:
+        saved: list[str] = []
+
+        def enter(_module, _inputs):
+            saved.append(torch.backends.quantized.engine)
+            torch.backends.quantized.engine = engine
+
+        def leave(_module, _inputs, _output):
+            torch.backends.quantized.engine = saved.pop()
+
+        model.register_forward_pre_hook(enter)
+        model.register_forward_hook(leave, always_call=True)
+    return model

@@ -1,6 +1,8 @@
 """Reduced-precision float inference (fp16, bf16): the weights cast, inputs cast in and outputs cast back to fp32."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -22,8 +24,8 @@ class ReducedFloat(nn.Module):
 
 
 def to_reduced_float(model: nn.Module, dtype: torch.dtype | str) -> ReducedFloat:
-    """Cast the model's weights to fp16/bf16 (in place) and wrap it to take and return fp32 tensors."""
+    """A copy of the model with its weights cast to fp16/bf16, wrapped to take and return fp32 tensors."""
     dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
     if dtype not in DTYPES.values():
         raise ConfigError(f"reduced float dtype must be fp16 or bf16, not {dtype}")
-    return ReducedFloat(model.eval(), dtype)
+    return ReducedFloat(copy.deepcopy(model).eval(), dtype)

@@ -14,15 +14,16 @@ from torch import nn
 
 from slimlab.config import Strict, TrainConfig
 from slimlab.prune.unstructured import MaskKeeper
-from slimlab.quantize.configs import Backend, DynamicConfig, Mode, Observer, QATConfig, StaticConfig
+from slimlab.quantize.configs import DynamicConfig, Mode, Observer, QATConfig, StaticConfig
 from slimlab.quantize.dynamic import quantize_dynamic_
 from slimlab.quantize.engines import engine_names
 from slimlab.quantize.error import compare_logits, layer_table
 from slimlab.quantize.layers import layer_rows
-from slimlab.quantize.qat import QATSchedule, calibrate_observers_, convert_qat_, prepare_qat_
+from slimlab.quantize.pt2e import PT2EModule, Lowered
+from slimlab.quantize.qat import QATSchedule, calibrate_observers_, convert_qat, prepare_qat
 from slimlab.quantize.qconfigs import EAGER_BACKENDS
 from slimlab.quantize.reduced_float import to_reduced_float
-from slimlab.quantize.static import quantize_static_
+from slimlab.quantize.static import quantize_static
 from slimlab.quantize.torch_engine import float_reference, graph_mode
 from slimlab.train import FRESH_TRAINING_ONLY, peak_rates, train
 
@@ -35,14 +36,17 @@ CPU = torch.device("cpu")
 
 def methods() -> list[str]:
     """dynamic, static, qat, fp16, bf16, plus each registered non-torch engine (onnxruntime: static PTQ through it)."""
-    return [*OWN_METHODS, *(e for e in engine_names() if e not in EAGER_BACKENDS)]
+    return [*OWN_METHODS, *(e for e in engine_names() if e not in (*EAGER_BACKENDS, "auto"))]
 
 
 class QuantizeStepConfig(Strict):
     """One quantization method and its options; fields a method does not use are ignored by it."""
 
     method: str = Field("static", description="dynamic | static | qat | fp16 | bf16 | onnxruntime")
-    engine: Backend = Field("x86", description="torch kernels for dynamic, static and qat")
+    engine: Literal["x86", "fbgemm", "qnnpack", "pt2e", "auto"] = Field(
+        "x86", description="static: torch.ao x86/fbgemm/qnnpack, pt2e (torchao) or auto (the fastest accurate engine here); "
+                           "qat: x86/fbgemm/qnnpack or pt2e; dynamic: x86/fbgemm/qnnpack")
+    auto_tolerance_db: float = Field(3.0, ge=0, description="engine auto: engines within this logit SQNR of the best may be chosen")
     mode: Mode = "auto"
     observer: Observer = "histogram"
     per_channel: bool = True
@@ -69,14 +73,17 @@ class QuantizeStepConfig(Strict):
     def _options_fit_method(self):
         if self.auto_skip_worst_k and self.method != "static":
             raise ValueError(f"auto_skip_worst_k works with method static only, not {self.method!r}")
+        if self.engine in ("pt2e", "auto") and self.method == "dynamic" or self.engine == "auto" and self.method == "qat":
+            raise ValueError(f"engine {self.engine!r} does not work with method {self.method!r}")
         if (self.skip or self.auto_skip_worst_k) and self.method in ("fp16", "bf16"):
             raise ValueError(f"skip has no meaning for method {self.method!r}: the whole model is cast")
         return self
 
-    def static_config(self) -> StaticConfig:
+    def static_config(self, batch_sizes: tuple[int, ...] = (1, 64)) -> StaticConfig:
         engine = self.engine if self.method == "static" else self.method
         return StaticConfig(engine=engine, observer=self.observer, per_channel=self.per_channel, skip=tuple(self.skip),
-                            auto_skip_worst_k=self.auto_skip_worst_k, mode=self.mode)
+                            auto_skip_worst_k=self.auto_skip_worst_k, mode=self.mode, auto_batch_sizes=batch_sizes,
+                            auto_tolerance_db=self.auto_tolerance_db)
 
 
 def apply_quantize(model: nn.Module, cfg: QuantizeStepConfig, context: StepContext) -> nn.Module:
@@ -93,7 +100,7 @@ def apply_quantize(model: nn.Module, cfg: QuantizeStepConfig, context: StepConte
     elif cfg.method == "qat":
         model, qat_history = _quantization_aware_training(model, cfg, context, calibration)
     else:
-        model = quantize_static_(model, cfg.static_config(), calibration)
+        model = quantize_static(model, cfg.static_config(tuple(context.config.measure.batch_sizes)), calibration)
     seconds = time.perf_counter() - started
 
     # int8 kernels (torch.ao, ONNX Runtime) run on the CPU only; reduced floats are timed there too, as the baseline.
@@ -101,7 +108,39 @@ def apply_quantize(model: nn.Module, cfg: QuantizeStepConfig, context: StepConte
     if hasattr(model, "deployable"):
         context.serialize = lambda m, example: m.deployable(example)
     _report(float_model, model, cfg, context, calibration, seconds, qat_history)
+    if getattr(model, "engine_selection", None):
+        context.notes["quant_engine_auto"] = _describe_selection(model.engine_selection)
+        context.notes["quant_engine_candidates"] = model.engine_selection
+    _float_baselines(float_model, context)
     return model
+
+
+def _float_baselines(float_model: nn.Module, context: StepContext) -> None:
+    """Latency of the float model as it would be deployed without quantization: eager, and compiled (torch.compile with
+    inductor freezing), at each of measure.batch_sizes; the run's speedups name each (speedup_bN_vs_float_eager, ...)."""
+    cfg = context.config.measure
+    if not cfg.latency or not context.time_latency:
+        context.notes["float_baselines"] = "not timed: " + ("measure.latency is off" if not cfg.latency else
+                                                            "other runs execute beside this one, and steps time nothing then")
+        return
+    from slimlab.measure import default_threads, measure_latency
+
+    threads = cfg.threads or default_threads()
+    variants = {"eager": float_model, "compiled": Lowered(copy.deepcopy(float_model))}
+    for name, model in variants.items():
+        for batch in cfg.batch_sizes:
+            lat = measure_latency(model, context.example(batch, CPU), cfg.warmup, cfg.repeats, threads)
+            context.metrics[f"float_{name}_latency_b{batch}_median_ms"] = lat["median_ms"]
+    context.notes["float_baselines"] = (f"float_eager_latency_bN_median_ms: the float model in eager PyTorch; "
+                                        f"float_compiled_latency_bN_median_ms: torch.compile with inductor freezing; "
+                                        f"on the CPU, {threads} threads, median of {cfg.repeats}")
+
+
+def _describe_selection(selection: dict) -> str:
+    parts = [f"{name}: sqnr {c['sqnr_db']:.1f} dB, " + ", ".join(f"b{b} {ms:.2f} ms" for b, ms in c["latency_ms"].items())
+             for name, c in selection["candidates"].items()]
+    return (f"engine auto chose {selection['chosen']}: the fastest (worst ratio to the fastest at any batch size) of the "
+            f"engines within {selection['tolerance_db']} dB of the best logit SQNR on the calibration images; " + "; ".join(parts))
 
 
 def _calibration(cfg: QuantizeStepConfig, context: StepContext) -> list[torch.Tensor]:
@@ -111,8 +150,8 @@ def _calibration(cfg: QuantizeStepConfig, context: StepContext) -> list[torch.Te
 
 def _quantization_aware_training(model: nn.Module, cfg: QuantizeStepConfig, context: StepContext,
                                  calibration: list[torch.Tensor]) -> tuple[nn.Module, list[dict]]:
-    model = prepare_qat_(model, QATConfig(engine=cfg.engine, per_channel=cfg.per_channel, skip=tuple(cfg.skip), mode=cfg.mode),
-                         calibration[0][:1])
+    model = prepare_qat(model, QATConfig(engine=cfg.engine, per_channel=cfg.per_channel, skip=tuple(cfg.skip), mode=cfg.mode),
+                        calibration[0][:1])
     calibrate_observers_(model, calibration)
     base = context.config.train
     # Fine-tuning, not training: a small peak rate decaying to zero, no warm-up; fake quantization runs in fp32.
@@ -128,16 +167,18 @@ def _quantization_aware_training(model: nn.Module, cfg: QuantizeStepConfig, cont
     callbacks = [QATSchedule(cfg.freeze_bn_epoch, cfg.freeze_observer_epoch)] + ([MaskKeeper(pruned)] if pruned else [])
     history = train(model.to(context.data.device), context.train_loader(), train_cfg, val_loader=val, progress=context.progress,
                     callbacks=callbacks, desc="qat")
-    return convert_qat_(model), history
+    return convert_qat(model), history
 
 
 def _layer_rows(float_model: nn.Module, model: nn.Module, cfg: QuantizeStepConfig, context: StepContext) -> list[dict]:
+    batches = [x for x, _ in islice(context.test_loader(batch_size=64, device=CPU, shuffle=True), cfg.layer_table_batches)]
+    if hasattr(model, "layer_table"):  # a PT2E program compares its own graph with its float reference
+        return model.layer_table(batches)
     if hasattr(model, "layer_rows"):  # a foreign runtime lists its own layers; no per-layer SQNR there
         return model.layer_rows()
     if cfg.method in ("fp16", "bf16"):
         return layer_rows(model.module)
     reference = float_model if cfg.method == "dynamic" else float_reference(float_model, model)
-    batches = [x for x, _ in islice(context.test_loader(batch_size=64, device=CPU, shuffle=True), cfg.layer_table_batches)]
     return layer_table(reference, model, batches)
 
 
@@ -149,8 +190,12 @@ def _describe(cfg: QuantizeStepConfig, model: nn.Module, calibration: list[torch
         return f"dynamic {cfg.dynamic_dtype}: weights quantized ahead of time, activations at run time, torch {cfg.engine} kernels"
     numbers = f"{'per-channel' if cfg.per_channel else 'per-tensor'} int8 weights, uint8 activations"
     calibrated = f"calibrated on {images} {source} images"
-    if cfg.method not in ("static", "qat"):
-        return f"static QDQ int8 through {cfg.method} ({cfg.observer} calibration), {numbers}, {calibrated}"
+    if isinstance(model, PT2EModule):
+        kind = f"QAT ({cfg.qat_epochs} epochs, lr {cfg.qat_lr})" if cfg.method == "qat" else f"static PTQ ({cfg.observer} observer)"
+        return (f"{kind} through PT2E (torchao X86InductorQuantizer: torch.export, BN folded), lowered by torch.compile "
+                f"with inductor freezing, {numbers}, {calibrated}")
+    if cfg.method not in ("static", "qat") or hasattr(model, "onnx_bytes"):  # onnxruntime, as a method or chosen by auto
+        return f"static QDQ int8 through onnxruntime ({cfg.observer} calibration), {numbers}, {calibrated}"
     how = "eager mode, conv-bn(-relu) fused" if graph_mode(model) == "eager" else "FX graph mode, conv-bn(-relu) fused"
     if graph_mode(model) == "fx" and cfg.mode == "auto":
         how += " (the model does not run in eager mode, e.g. a plain `x + y` instead of FloatFunctional)"

@@ -17,7 +17,9 @@ from slimlab.quantize.engines import register_engine
 from slimlab.quantize.fusion import check_fusion, fuse_, fused_copy
 from slimlab.quantize.fx import convert_graph, prepare_graph
 from slimlab.quantize.layers import is_quantized_layer, resolve_skip
-from slimlab.quantize.qconfigs import EAGER_BACKENDS, static_qconfig
+from slimlab.quantize.qconfigs import EAGER_BACKENDS, pin_engine, quantized_engine, static_qconfig
+
+ENGINE_ATTRIBUTE = "quantized_engine"  # on a prepared model: the engine its int8 weights are to be packed for
 
 
 def prepare_torch_(model: nn.Module, qconfig: QConfig, skip: Iterable[str], example: torch.Tensor, engine: str,
@@ -25,20 +27,26 @@ def prepare_torch_(model: nn.Module, qconfig: QConfig, skip: Iterable[str], exam
     """Fuse and insert observers (fake quantizers if `qat`): in place in eager mode, a new GraphModule in FX mode."""
     if graph_mode(model) == "eager" or any(is_quantized_layer(m) for m in model.modules()):
         raise SlimlabError(f"{type(model).__name__} is already quantized or prepared; pass the float model")
-    torch.backends.quantized.engine = engine  # packed int8 weights are laid out for the engine active at conversion
     model = model.cpu().train(qat)
     skip_names = resolve_skip(model, skip)
-    if mode == "fx" or (mode == "auto" and not eager_ready(model, example.cpu(), engine)):
-        return prepare_graph(model, qconfig, skip_names, example.cpu(), qat)
-    check_fusion(model, example.cpu(), skip_names)
-    fuse_(model, qat=qat)
-    return prepare_eager_(model, qconfig, skip_names, qat)
+    with quantized_engine(engine):
+        if mode == "fx" or (mode == "auto" and not eager_ready(model, example.cpu(), engine)):
+            prepared = prepare_graph(model, qconfig, skip_names, example.cpu(), qat)
+        else:
+            check_fusion(model, example.cpu(), skip_names)
+            fuse_(model, qat=qat)
+            prepared = prepare_eager_(model, qconfig, skip_names, qat)
+    setattr(prepared, ENGINE_ATTRIBUTE, engine)  # packed int8 weights are laid out for the engine active at conversion
+    return prepared
 
 
 def convert_torch_(model: nn.Module) -> nn.Module:
-    """Observed or fake-quantized model -> int8 kernels (eager: the same object)."""
+    """Observed or fake-quantized model -> int8 kernels (eager: the same object), run under its engine."""
     model = model.cpu().eval()
-    return convert_eager_(model) if graph_mode(model) == "eager" else convert_graph(model)
+    engine = getattr(model, ENGINE_ATTRIBUTE, torch.backends.quantized.engine)
+    with quantized_engine(engine):
+        converted = convert_eager_(model) if graph_mode(model) == "eager" else convert_graph(model)
+    return pin_engine(converted, engine)
 
 
 def graph_mode(model: nn.Module) -> str:
@@ -65,7 +73,8 @@ def calibrate(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
 
 @register_engine(*EAGER_BACKENDS)
 def quantize_torch_static(model: nn.Module, config: StaticConfig, calibration: Sequence[torch.Tensor]) -> nn.Module:
-    """Static int8 PTQ with torch.ao kernels for the engine named in `config`."""
+    """Static int8 PTQ with torch.ao kernels for the engine named in `config`; the input model is not changed."""
+    model = copy.deepcopy(model)
     qconfig = static_qconfig(config.engine, config.observer, config.per_channel)
     prepared = prepare_torch_(model, qconfig, config.skip, calibration[0][:1], config.engine, config.mode)
     calibrate(prepared, calibration)
