@@ -374,8 +374,9 @@ def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: S
         metrics.update(top1_flip_tta=tta["top1"], top5_flip_tta=tta["top5"])
     example = context.example(1, device)
     blob, fmt = (context.serialize or measure.serialize_deployable)(model, example)
-    path = store.save_artifact(run_id, "model.onnx" if fmt == "onnx" else "model.pt", blob)
+    path = store.save_artifact(run_id, MODEL_FILES.get(fmt, "model.pt"), blob)
     metrics.update(measure.size_figures(blob))
+    notes["model_format"] = fmt  # torchscript | state_dict | onnx | torch.export: what model_size_bytes measures
     notes["model_size_bytes"] = f"bytes of {path.name} ({fmt}) on disk; deflate = zlib level 9 of the same bytes"
     counts = _counts(model, example)
     if counts["params"] == 0 and step_input_counts:  # an engine outside torch (ONNX Runtime): the layers it was handed
@@ -391,10 +392,22 @@ def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: S
     figures, latency_notes = _time_latency(model, cfg, lambda batch: context.example(batch, device))
     latency_notes["latency_flagged"] = notes.get("latency_flagged", []) + latency_notes.get("latency_flagged", [])  # a step's too
     notes.update({k: v for k, v in latency_notes.items() if v}, latency_status="measured")
-    return {**metrics, **figures}
+    return {**metrics, **figures, **_speedups({**context.metrics, **figures}, cfg.batch_sizes)}
 
 
-DEFERRABLE_FORMATS = ("torchscript", "onnx")  # deployable files the latency stage can load back and time
+def _speedups(metrics: dict, batch_sizes) -> dict:
+    """speedup_bN_vs_float_eager / _vs_float_compiled: the float baselines a quantize step timed over this model's latency."""
+    out = {}
+    for batch in batch_sizes:
+        for baseline in ("eager", "compiled"):
+            base, own = metrics.get(f"float_{baseline}_latency_b{batch}_median_ms"), metrics.get(f"latency_b{batch}_median_ms")
+            if base and own:
+                out[f"speedup_b{batch}_vs_float_{baseline}"] = base / own
+    return out
+
+
+MODEL_FILES = {"onnx": "model.onnx", "torch.export": "model.pt2"}  # the deployable file's name by format; others model.pt
+DEFERRABLE_FORMATS = ("torchscript", "onnx", "torch.export")  # deployable files the latency stage can load back and time
 
 
 def _time_latency(model: nn.Module, cfg, example_of: Callable[[int], torch.Tensor]) -> tuple[dict, dict]:
@@ -439,7 +452,11 @@ def measure_pending_latency(store: Store, run_id: str) -> RunRecord:
 
 
 def load_deployable(folder: Path, device: torch.device) -> nn.Module:
-    """A run's saved model.pt (TorchScript) or model.onnx, ready to call."""
+    """A run's saved model.pt (TorchScript), model.onnx or model.pt2 (torch.export, lowered as the run timed it)."""
+    if (folder / "model.pt2").exists():
+        from slimlab.quantize.pt2e import load_program
+
+        return load_program(folder / "model.pt2")
     if (folder / "model.onnx").exists():
         from slimlab.quantize.onnx_runtime import OnnxRuntimeModule
 
