@@ -36,6 +36,11 @@ def cmd_run(args) -> int:
         print(json.dumps(record.to_json(), sort_keys=True))
     else:
         _print_record(record)
+    if args.report and record.status == "done":
+        from slimlab.report import write_runs_report
+
+        page = write_runs_report(args.store, [record.id], args.report)
+        print(f"report: {page.resolve()}", file=sys.stderr if args.json else sys.stdout)
     return 0 if record.status == "done" else 1
 
 
@@ -92,7 +97,8 @@ def _print_dry_run(plan, store_root) -> int:
 
     statuses = plan_statuses(store_root, [r.id for r in plan.runs])
     counts = {s: list(statuses.values()).count(s) for s in ("done", "failed", "running", "stale", "to run")}
-    print(f"{plan.study.name}: {len(plan.runs)} runs, {len(plan.trainings)} trainings ({plan.training_epochs} training epochs); "
+    trainings = f"{len(plan.trainings)} training{'s' if len(plan.trainings) != 1 else ''}"
+    print(f"{plan.study.name}: {len(plan.runs)} runs, {trainings} ({plan.training_epochs} training epochs); "
           + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
     for stage in plan.runs:
         print(f"  {stage.id[:8]}  {statuses[stage.id]:7}  {stage.planned.label}")
@@ -163,6 +169,23 @@ def cmd_recommend(args) -> int:
     if rec.best is None:
         return 1
     print(f"experiment file: {write_experiment(rec.best, args.out)}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from slimlab.report.compare import compare_runs, find_runs
+
+    print(compare_runs(find_runs(_store(args, must_exist=True), args.ids)))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from slimlab.report.export import export_mlflow, export_tensorboard
+
+    export = {"mlflow": export_mlflow, "tensorboard": export_tensorboard}[args.tracker]
+    done = export(args.store, args.study, args.out)
+    left_out = f" ({done.skipped} not run yet, left out)" if done.skipped else ""
+    print(f"exported {done.runs} runs to {done.path}{left_out}\nopen it with: {done.open_with}")
     return 0
 
 
@@ -266,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="run again even if a run with this config is done "
                    "(a finished training of the same training config is reused)")
     p.add_argument("--retrain", action="store_true", help="like --force, and train again from scratch too")
+    p.add_argument("--report", metavar="DIR", help="then write the run's report (HTML page, PNG figures, tables) into DIR and print its path")
     p.set_defaults(fn=cmd_run)
 
     p = with_store(sub.add_parser("study", help="run a study file (grid x zip x seeds x variants): trainings first, then "
@@ -316,6 +340,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minimize", default="latency_b1", help="latency_b<N>, size, energy or macs (default latency_b1)")
     p.add_argument("--out", default="recommended.yaml", help="where to write the pick's experiment file")
     p.set_defaults(fn=cmd_recommend)
+
+    p = with_store(sub.add_parser("compare", help="runs side by side: headline figures, then the config keys that differ"))
+    p.add_argument("ids", nargs="+", metavar="ID", help="run ids (a prefix is enough)")
+    p.set_defaults(fn=cmd_compare)
+
+    p = with_store(sub.add_parser("export", help="export a study to MLflow (a local SQLite store, no server) or TensorBoard event files"))
+    p.add_argument("tracker", choices=["mlflow", "tensorboard"])
+    p.add_argument("study", nargs="?", help="the study's name (default: the store's only study, else every run)")
+    p.add_argument("--out", required=True, help="folder to write into (mlflow: OUT/mlflow.db and OUT/artifacts; tensorboard: a log dir)")
+    p.set_defaults(fn=cmd_export)
 
     p = with_store(sub.add_parser("runs", help="list recorded runs"))
     p.add_argument("--json", action="store_true", help="one JSON object per run (id, status, config, metrics, ...)")

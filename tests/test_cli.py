@@ -90,3 +90,19 @@ def test_a_file_given_to_the_wrong_verb_names_the_right_one(tmp_path):
     wrong_study = _cli("study", str(experiment), "--store", str(tmp_path / "s"))
     assert wrong_run.returncode == wrong_study.returncode == 2
     assert "slimlab study" in wrong_run.stderr and "slimlab run" in wrong_study.stderr
+
+
+def test_run_with_report_writes_a_page_and_compare_puts_runs_side_by_side(tmp_path):
+    config = tmp_path / "exp.yaml"
+    config.write_text(json.dumps(tiny_config(**{"train.epochs": 1})))
+    store = tmp_path / "store"
+    done = _cli("run", str(config), "--store", str(store), "--report", str(tmp_path / "report"))
+    assert done.returncode == 0, done.stderr
+    page = Path(done.stdout.strip().splitlines()[-1].removeprefix("report: "))
+    assert page == (tmp_path / "report" / "index.html").resolve() and page.stat().st_size > 100_000
+    other = _cli("run", str(config), "--store", str(store), "--set", "measure.batch_sizes=[2]", "--quiet")
+    assert other.returncode == 0, other.stderr
+    ids = [json.loads(line)["id"] for line in _cli("runs", "--store", str(store), "--json").stdout.splitlines()]
+    table = _cli("compare", *(i[:6] for i in ids), "--store", str(store))
+    assert table.returncode == 0, table.stderr
+    assert all(i[:6] in table.stdout.splitlines()[0] for i in ids) and "measure.batch_sizes" in table.stdout

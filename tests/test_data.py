@@ -157,6 +157,22 @@ def test_image_folder_decodes_once_into_a_cache(tmp_path, as_archive):
     assert torch.equal(again.train.images, ds.train.images)
 
 
+def test_image_folder_statistics_are_computed_once(tmp_path, monkeypatch):
+    import slimlab.data.imagefolder as imagefolder
+
+    _write_pngs(tmp_path / "pets", ["cat", "dog"], 3)
+    req = DatasetRequest((), tmp_path / "cache", False, path=tmp_path / "pets", options={"progress": False})
+    first = load_dataset("imagefolder", req)
+    assert first.mean[0] == pytest.approx(float(first.train.images[:, 0].double().mean()) / 255)
+
+    def refuse(*a, **k):
+        raise AssertionError("statistics computed again")
+
+    monkeypatch.setattr(imagefolder, "channel_statistics", refuse)
+    again = load_dataset("imagefolder", req)  # every run of a study loads its data: seconds each on 50k images
+    assert (again.mean, again.std) == (first.mean, first.std)
+
+
 def test_image_folder_skips_macos_metadata_and_names_an_unreadable_image(tmp_path):
     root = tmp_path / "pets"
     _write_pngs(root / "train", ["cat", "dog"], 2)

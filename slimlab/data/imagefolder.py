@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import os
 import sys
 import tarfile
 from pathlib import Path
@@ -118,8 +120,9 @@ def channel_statistics(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[f
     return tuple((mean / 255).tolist()), tuple((std / 255).tolist())
 
 
-def load_image_folder(source: Path, cache_dir: Path, name: str, options: dict) -> ImageDataset:
-    """Decode `source` (folder or archive) into a cached uint8 tensor file, keyed by its content, and load it."""
+def load_image_folder(source: Path, cache_dir: Path, name: str, options: dict, statistics: bool = True) -> ImageDataset:
+    """Decode `source` (folder or archive) into a cached uint8 tensor file, keyed by its content, and load it; the
+    channel statistics (unless not wanted) are computed once and kept beside the cache."""
     image_size = options.get("image_size")
     test_fraction = float(options.get("test_fraction", 0.1))
     key = hashlib.sha256(f"{content_fingerprint(source)}:{image_size}:{test_fraction}:{CACHE_FORMAT}".encode()).hexdigest()[:16]
@@ -131,8 +134,23 @@ def load_image_folder(source: Path, cache_dir: Path, name: str, options: dict) -
         save_tensors_atomic(blob, cache)
     train = ImageSplit(blob["train_images"], blob["train_labels"])
     test = ImageSplit(blob["test_images"], blob["test_labels"])
-    mean, std = channel_statistics(train.images) if len(train) else ((0.5,) * 3, (0.25,) * 3)
+    mean, std = _cached_statistics(cache, train) if statistics else ((0.5,) * 3, (0.25,) * 3)
     return ImageDataset(name, train, test, tuple(blob["classes"]), mean, std, source=str(source), extra={"cache": str(cache)})
+
+
+def _cached_statistics(cache: Path, train: ImageSplit) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Channel mean and std of the training images, from a file beside the cache (they cost seconds on 50k images)."""
+    path = cache.with_suffix(".stats.json")
+    try:
+        saved = json.loads(path.read_text())
+        return tuple(saved["mean"]), tuple(saved["std"])
+    except (OSError, ValueError, KeyError):
+        pass
+    mean, std = channel_statistics(train.images) if len(train) else ((0.5,) * 3, (0.25,) * 3)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"mean": mean, "std": std}))
+    os.replace(tmp, path)
+    return mean, std
 
 
 @register_dataset("imagefolder", "Your images: class sub-folders (or train/ and test/ of them), a folder or .tar/.tar.xz; set data.path",
@@ -155,6 +173,6 @@ def load_cifar10_jpeg(request: DatasetRequest) -> ImageDataset:
         CIFAR10_JPEG_ARCHIVE, request.roots, None, CIFAR10_JPEG_SHA256, request.download,
         how_to_get="it is the project's JPEG copy of CIFAR-10, which cannot be downloaded: copy it from a machine that has "
                    "it (the project's shared/datasets folder), or use dataset 'cifar10', which can")
-    data = load_image_folder(archive, request.cache_dir, "cifar10_jpeg", request.options)
-    # Normalise with the canonical CIFAR-10 statistics so checkpoints move between the two copies.
+    # Normalised with the canonical CIFAR-10 statistics (so checkpoints move between the two copies): none computed.
+    data = load_image_folder(archive, request.cache_dir, "cifar10_jpeg", request.options, statistics=False)
     return ImageDataset("cifar10_jpeg", data.train, data.test, data.classes, CIFAR10_MEAN, CIFAR10_STD, source=data.source, extra=data.extra)

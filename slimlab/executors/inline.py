@@ -1,6 +1,8 @@
 """The `inline` executor: every stage in this process, one after another (debugging, notebooks, the serial baseline)."""
 from __future__ import annotations
 
+import sys
+
 from tqdm import tqdm
 
 from slimlab.executors import ExecOptions, Outcome, final_statuses, register_executor
@@ -16,7 +18,7 @@ def execute_inline(plan: Plan, store: Store, options: ExecOptions) -> Outcome:
     settings = ScheduleOptions(options.retries, options.max_same_failures, False, options.force, options.retrain)
     schedule = Schedule(plan, store, settings)
     messages = []
-    with tqdm(desc="study", unit="task", disable=not options.progress) as bar:
+    with tqdm(desc="study", unit="task", disable=not options.progress or not sys.stderr.isatty()) as bar:
         while (task := schedule.next_task()) is not None:
             bar.set_postfix_str(task["label"])
             if line := schedule.finished(task, execute_task(task, store)):
