@@ -21,6 +21,8 @@ from typing import Iterator
 
 import pytest
 
+from slimlab.executors.slurm import parse_record
+
 PARTITION = "debug"
 START_TIMEOUT_S = 30
 STOP_GRACE_S = 5
@@ -69,19 +71,6 @@ class SlurmCluster:
     def wait_done(self, job_id: str, timeout: float = 30) -> list[dict[str, str]]:
         """Poll until every record of the job is in a terminal state; return the records."""
         return self.wait_for(job_id, TERMINAL_STATES, timeout)
-
-
-def parse_record(line: str) -> dict[str, str]:
-    """Split one `scontrol -o` line into fields; a space-containing value is glued back onto its key."""
-    fields: dict[str, str] = {}
-    key = None
-    for token in line.split():
-        name, sep, value = token.partition("=")
-        if sep and name and (name[0].isupper() or key is None):
-            key, fields[name] = name, value
-        elif key is not None:
-            fields[key] += " " + token
-    return fields
 
 
 def free_port() -> int:
