@@ -130,3 +130,13 @@ def test_a_job_told_its_time_is_up_requeues_itself_and_resumes_from_its_checkpoi
     epochs_run = len(counted.read_text().splitlines())
     assert epochs <= epochs_run <= epochs + 1, epochs_run  # resumed from the last epoch checkpoint (from scratch: 8 or more)
     assert [r.status for r in Store(store).runs()] == ["done"]
+
+
+def test_the_runs_of_a_parent_whose_training_fails_are_cancelled_and_say_why(cluster_env, tmp_path, counted):
+    base = tiny_config(**{"train.epochs": 1, "model.name": "nowhere_module:build"})
+    path = write_study(tmp_path, {"variants": {"a": {}, "b": {"measure": {"batch_sizes": [2]}}}}, base)
+    out = _study(str(path), "--store", str(tmp_path / "store"))
+    assert out.returncode == 1
+    records = Store(tmp_path / "store").runs()
+    assert len(records) == 2 and all(r.status == "failed" and r.failure == "error" for r in records)
+    assert all("its parent training (slurm job" in r.error and "ended FAILED" in r.error for r in records)

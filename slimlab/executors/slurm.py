@@ -111,7 +111,10 @@ def batch_script(task_file: Path, offset: int, threads: int | None) -> str:
     env = f"export OMP_NUM_THREADS={threads} SLIMLAB_THREADS={threads}\n" if threads else ""
     return (f"#!/bin/bash\n{env}"
             f"trap 'if [ \"${{SLURM_RESTART_COUNT:-0}}\" -lt {MAX_REQUEUES} ]; then scontrol requeue \"$SLURM_JOB_ID\"; fi' USR1\n"
-            f"{command} &\nchild=$!\nwait $child\nwait $child\n")
+            f"{command} &\nchild=$!\n"
+            "wait $child; status=$?\n"  # a trap ends the wait early: wait again while the task still runs
+            "while kill -0 $child 2>/dev/null; do wait $child; status=$?; done\n"
+            "exit $status\n")
 
 
 def submit(groups: list[list[dict]], kind: str, folder: Path, settings: dict, store: Store, after: list[str],
