@@ -1,7 +1,7 @@
 """How a study scales over executors: N small real runs serially in one process (`inline`), with `local -j 2`, and
 through `slurm` on a single-node cluster this script starts; prints wall times, per-run overhead and efficiency.
 
-    python bench/study_scaling.py [--runs 40] [--executors inline,local,slurm] [--jobs 2]
+    python bench/study_scaling.py [--runs 40] [--executors serial,inline,local,slurm] [--jobs 2]
 
 The runs: ResNet-20 on CIFAR-10 (JPEG copy) resized to 16x16, 2,000 training images (class-balanced), one epoch, top-1
 on 500 test images, batch-1 latency (2 warm-up, 5 timed passes). Each run is its own seed, so it trains its own parent:
@@ -9,14 +9,14 @@ the plan has N trainings and N runs, all independent, as in the seed's script (o
 4-5 s per run inline on an otherwise idle 2-core Xeon. Each executor starts from a fresh store; the dataset cache is
 warmed first.
 
-Figures (W workers: -j for local, the node's CPUs for slurm, 1 for inline):
-  speedup               = wall(inline) / wall(executor)
-  parallel efficiency   = wall(inline) / (wall(executor) x W)      1.0 = every core busy with the inline run's work
-  overhead per run      = (wall(executor) x W - wall(inline)) / N  core-seconds an executor adds per run on top of the
-                          serial baseline: worker start-up, per-task data loading, scheduling, the deferred latency stage
-Inline runs with all cores' threads, local workers with cores/W threads each, so the work itself is not identical:
-small models use one thread better than two, which can push efficiency above 1 (overhead below 0).
-Target (issue 15): local -j 2 at least 1.7x faster than inline on 2 cores; overhead under 0.5 s per run.
+Two serial baselines, both the `inline` executor in this process: `serial` gives each run one thread, the same work
+a local worker or a 1-CPU SLURM task does per run; `inline` gives each run every core (torch's default), so its runs
+are already parallel inside. Figures (W workers: -j for local, the node's CPUs for slurm, 1 for serial and inline):
+  speedup               = wall(serial) / wall(executor), and against inline
+  parallel efficiency   = wall(serial) / (wall(executor) x W)      1.0 = every core busy with the serial run's work
+  overhead per run      = (wall(executor) x W - wall(serial)) / N  core-seconds an executor adds per run on top of the
+                          same work done serially: worker start-up, per-task data loading, scheduling, the latency stage
+Target (issue 15): local -j 2 at least 1.7x faster than serial on 2 cores; overhead under 0.5 s per run.
 """
 import argparse
 import contextlib
@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,13 +112,17 @@ def run_executor(name: str, study_path: Path, folder: Path, jobs: int, runs_per_
             workers = cluster.cpus
         else:
             workers = jobs if name == "local" else 1
+        if name == "serial":  # one thread per run, as each local worker and each 1-CPU slurm task has
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            stack.callback(torch.set_num_threads, threads)
         plan = plan_stages(load_study(study_path), device="cpu")
         load = Path("/proc/loadavg").read_text().split()[0]
         print(f"{name}: {len(plan.runs)} runs, {len(plan.trainings)} trainings; before start: {cores_busy():.2f} cores busy, "
               f"load average {load}", flush=True)
         options = ExecOptions(jobs=jobs if name == "local" else 1, progress=False, slurm=settings)
         busy0, own0, start = machine_cpu(), own_cpu(), time.perf_counter()
-        outcome = execute(plan, Store(store_root), name, options)
+        outcome = execute(plan, Store(store_root), "inline" if name == "serial" else name, options)
         wall = time.perf_counter() - start
         busy, own = machine_cpu() - busy0, own_cpu() - own0
     # What else ran meanwhile: the machine's busy core-seconds minus this benchmark's own. SLURM jobs are not our
@@ -134,7 +139,8 @@ def run_executor(name: str, study_path: Path, folder: Path, jobs: int, runs_per_
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=40)
-    parser.add_argument("--executors", default="inline,local,slurm", help="comma-separated, run in this order")
+    parser.add_argument("--executors", default="serial,inline,local,slurm",
+                        help="comma-separated, run in this order (serial: inline with one thread per run)")
     parser.add_argument("-j", "--jobs", type=int, default=2, help="local: worker processes")
     parser.add_argument("--runs-per-task", type=int, default=1, help="slurm: runs packed into one array task")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -168,24 +174,23 @@ def main() -> int:
             shutil.rmtree(folder, ignore_errors=True)
 
     print()
-    print(f"{'executor':10} {'workers':>7} {'wall s':>8} {'s/run':>6} {'speedup':>8} {'efficiency':>10} {'overhead s/run':>15} {'train s/run':>12}")
-    base = results.get("inline")
+    print(f"{'executor':10} {'workers':>7} {'wall s':>8} {'s/run':>6} {'speedup':>8} {'vs inline':>9} {'efficiency':>10} "
+          f"{'overhead s/run':>15} {'train s/run':>12}")
+    base, inline = results.get("serial"), results.get("inline")
     for name, r in results.items():
         n = r["runs"]
         train = sum(rec.metrics.get("train_seconds", 0.0) for rec in r["records"]) / max(r["done"], 1)
-        if base:
-            speedup = base["wall"] / r["wall"]
-            efficiency = base["wall"] / (r["wall"] * r["workers"])
-            overhead = (r["wall"] * r["workers"] - base["wall"]) / n
-            figures = f"{speedup:7.2f}x {efficiency:10.2f} {overhead:+15.2f}"
-        else:
-            figures = f"{'-':>8} {'-':>10} {'-':>15}"
-        print(f"{name:10} {r['workers']:7d} {r['wall']:8.1f} {r['wall'] / n:6.2f} {figures} {train:12.2f}")
+        speedup = f"{base['wall'] / r['wall']:.2f}x" if base else "-"
+        versus = f"{inline['wall'] / r['wall']:.2f}x" if inline else "-"
+        efficiency = f"{base['wall'] / (r['wall'] * r['workers']):.2f}" if base else "-"
+        overhead = f"{(r['wall'] * r['workers'] - base['wall']) / n:+.2f}" if base else "-"
+        print(f"{name:10} {r['workers']:7d} {r['wall']:8.1f} {r['wall'] / n:6.2f} {speedup:>8} {versus:>9} {efficiency:>10} "
+              f"{overhead:>15} {train:12.2f}")
     if base and "local" in results:
         local = results["local"]
         speedup = base["wall"] / local["wall"]
         overhead = (local["wall"] * local["workers"] - base["wall"]) / local["runs"]
-        print(f"target: local -j {local['workers']} >= 1.7x faster than inline: {speedup:.2f}x "
+        print(f"target: local -j {local['workers']} >= 1.7x faster than serial: {speedup:.2f}x "
               f"({'met' if speedup >= 1.7 else 'MISSED'}); overhead < 0.5 s/run: {overhead:+.2f} "
               f"({'met' if overhead < 0.5 else 'MISSED'})")
     print(f"CPU after: load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")

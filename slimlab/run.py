@@ -15,6 +15,7 @@ from slimlab import measure
 from slimlab.config import ExperimentConfig, config_hash, rewind_epochs, training_hash
 from slimlab.data import DatasetRequest, ImageDataset, ImageSplit, load_dataset
 from slimlab.data.loader import DeviceLoader, balanced_subset, split_validation
+from slimlab.deployable import DEFERRABLE_FORMATS, MODEL_FILES, load_deployable, speedups, time_latency
 from slimlab.errors import ConfigError, SlimlabError
 from slimlab.models import create_model
 from slimlab.steps import step_kinds
@@ -389,50 +390,10 @@ def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: S
         notes.update(latency_status="pending", example_shape=list(example.shape[1:]),
                      latency="pending: timed later, alone on the machine, in the study's latency stage")
         return metrics
-    figures, latency_notes = _time_latency(model, cfg, lambda batch: context.example(batch, device))
+    figures, latency_notes = time_latency(model, cfg, lambda batch: context.example(batch, device))
     latency_notes["latency_flagged"] = notes.get("latency_flagged", []) + latency_notes.get("latency_flagged", [])  # a step's too
     notes.update({k: v for k, v in latency_notes.items() if v}, latency_status="measured")
-    return {**metrics, **figures, **_speedups({**context.metrics, **figures}, cfg.batch_sizes)}
-
-
-def _speedups(metrics: dict, batch_sizes) -> dict:
-    """speedup_bN_vs_float_eager / _vs_float_compiled: the float baselines a quantize step timed over this model's latency."""
-    out = {}
-    for batch in batch_sizes:
-        for baseline in ("eager", "compiled"):
-            base, own = metrics.get(f"float_{baseline}_latency_b{batch}_median_ms"), metrics.get(f"latency_b{batch}_median_ms")
-            if base and own:
-                out[f"speedup_b{batch}_vs_float_{baseline}"] = base / own
-    return out
-
-
-MODEL_FILES = {"onnx": "model.onnx", "torch.export": "model.pt2"}  # the deployable file's name by format; others model.pt
-DEFERRABLE_FORMATS = ("torchscript", "onnx", "torch.export")  # deployable files the latency stage can load back and time
-
-
-def _time_latency(model: nn.Module, cfg, example_of: Callable[[int], torch.Tensor]) -> tuple[dict, dict]:
-    """Median and p90 latency and throughput at each of measure.batch_sizes, and the notes that say how: `latency`,
-    and for figures timed while the machine was busy with other work, `latency_noisy` (why) and `latency_flagged`
-    (the metric keys concerned, for `show`, `runs` and the report)."""
-    threads = cfg.threads or measure.default_threads()
-    metrics = {"latency_threads": threads}
-    flagged, reasons, attempts = [], [], 0
-    for batch in cfg.batch_sizes:
-        example = example_of(batch)
-        lat = measure.measure_latency(model, example, cfg.warmup, cfg.repeats, threads)
-        keys = (f"latency_b{batch}_median_ms", f"latency_b{batch}_p90_ms", f"throughput_b{batch}_per_s")
-        metrics.update(zip(keys, (lat["median_ms"], lat["p90_ms"], lat["throughput_per_s"])))
-        attempts = max(attempts, lat["attempts"])
-        if lat["disturbed"]:
-            flagged += keys
-            reasons.append(f"batch {batch}: {lat['disturbed']}")
-    notes = {"latency": f"median and p90 of {cfg.repeats} timed forward passes after {cfg.warmup} warm-up, {threads} "
-                        f"threads, {lat['timer']} on {example.device}"}
-    if flagged:
-        notes["latency_noisy"] = (f"timed while the machine was busy with other work, {attempts} attempt{'s' * (attempts > 1)}: "
-                                  + "; ".join(reasons) + "; the figures may be too slow")
-        notes["latency_flagged"] = flagged
-    return metrics, notes
+    return {**metrics, **figures, **speedups({**context.metrics, **figures}, cfg.batch_sizes)}
 
 
 def measure_pending_latency(store: Store, run_id: str) -> RunRecord:
@@ -443,25 +404,12 @@ def measure_pending_latency(store: Store, run_id: str) -> RunRecord:
     model = load_deployable(store.run_dir(run_id), device)
     generator = torch.Generator().manual_seed(0)
     shape = record.notes["example_shape"]
-    figures, latency_notes = _time_latency(model, cfg, lambda batch: torch.randn(batch, *shape, generator=generator).to(device))
+    figures, latency_notes = time_latency(model, cfg, lambda batch: torch.randn(batch, *shape, generator=generator).to(device))
     notes = {"latency_noisy": "", "latency_flagged": [], **latency_notes, "latency_status": "measured",  # a clean retiming clears a flag
              "latency_host": f"{platform.node()} ({measure.cpu_model()})",
              "latency": f"{latency_notes['latency']}; timed alone in the latency stage"}
     store.update_metrics(run_id, figures, notes)
     return store.get(run_id)
-
-
-def load_deployable(folder: Path, device: torch.device) -> nn.Module:
-    """A run's saved model.pt (TorchScript), model.onnx or model.pt2 (torch.export, lowered as the run timed it)."""
-    if (folder / "model.pt2").exists():
-        from slimlab.quantize.pt2e import load_program
-
-        return load_program(folder / "model.pt2")
-    if (folder / "model.onnx").exists():
-        from slimlab.quantize.onnx_runtime import OnnxRuntimeModule
-
-        return OnnxRuntimeModule((folder / "model.onnx").read_bytes())
-    return torch.jit.load(str(folder / "model.pt"), map_location=device).eval()
 
 
 def _counts(model: nn.Module, example: torch.Tensor) -> dict:
