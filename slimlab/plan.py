@@ -156,6 +156,27 @@ def _read(path: Path, overrides: list[str]) -> tuple[dict, dict]:
     return study, apply_overrides(base, _dotted(_mapping(study, "set", path, "{train.epochs: 5}")))
 
 
+def _matches(rule: dict, variant: str, point: dict) -> bool:
+    return all({**point, "variant": variant}.get(k) == v for k, v in rule.items())
+
+
+def _planned_runs(path: Path, name: str, base: dict, variants: dict, pairs: list, varying: list[str],
+                  overrides: list[str]) -> list[PlannedRun]:
+    """Each (variant, point) as a validated config; `--set steps.N.KEY` reaches only the variants that have step N."""
+    runs, applied = [], set()
+    for variant, point in pairs:
+        label = _label(variant, point, varying, len(variants) > 1)
+        raw = apply_overrides(base, [*_dotted(point), *_dotted(variants[variant] or {})])
+        fitting = [o for o in overrides if step_override_applies(raw, o)]
+        applied.update(fitting)
+        raw = apply_overrides(raw, fitting)
+        raw["name"] = f"{name}:{label}"
+        runs.append(PlannedRun(label, variant, point, build_config(raw, f"{path} ({label})")))
+    if unused := [o for o in overrides if o not in applied]:
+        raise ConfigError(f"--set {unused[0]}: no run of the study has that step")
+    return runs
+
+
 def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
     """Expand a study YAML; every config is validated here, so a bad study fails before any run starts."""
     path = Path(path)
@@ -170,23 +191,12 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
     axes = _axes_of(study, path)
     rules = _excluded(study, path, {k for axis in axes for k in axis[0]})
     points = [{k: v for part in combo for k, v in part.items()} for combo in itertools.product(*axes)]
-    pairs = [(variant, point) for point in points for variant in variants
-             if not any(all(({**point, "variant": variant}).get(k) == v for k, v in rule.items()) for rule in rules)]
     for i, rule in enumerate(rules):
-        if not any(all(({**point, "variant": variant}).get(k) == v for k, v in rule.items()) for variant in variants for point in points):
+        if not any(_matches(rule, variant, point) for variant in variants for point in points):
             raise ConfigError(f"{path}: exclude[{i}] {rule} matches no point of the study; check its values")
+    pairs = [(v, p) for p in points for v in variants if not any(_matches(rule, v, p) for rule in rules)]
     varying = [k for k in (points[0] if points else {}) if len({repr(p[k]) for p in points}) > 1]
-    runs, applied = [], set()
-    for variant, point in pairs:
-        label = _label(variant, point, varying, len(variants) > 1)
-        raw = apply_overrides(base, [*_dotted(point), *_dotted(variants[variant] or {})])
-        fitting = [o for o in overrides if step_override_applies(raw, o)]  # --set steps.0.KEY: the variants with a step 0
-        applied.update(fitting)
-        raw = apply_overrides(raw, fitting)
-        raw["name"] = f"{name}:{label}"
-        runs.append(PlannedRun(label, variant, point, build_config(raw, f"{path} ({label})")))
-    if unused := [o for o in overrides if o not in applied]:
-        raise ConfigError(f"--set {unused[0]}: no run of the study has that step")
+    runs = _planned_runs(path, name, base, variants, pairs, varying, list(overrides))
     return Study(name, str(path), runs, (["variant"] if len(variants) > 1 else []) + varying, _slurm_settings(study, path))
 
 
