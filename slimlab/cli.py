@@ -50,8 +50,11 @@ def cmd_study(args) -> int:
 
     study = load_study(args.study, args.overrides)  # every config validated before anything runs
     get_executor(args.executor)  # an unknown name fails before anything is written
+    if args.detach and args.executor != "slurm":
+        raise SlimlabError(f"--detach: only the slurm executor submits and returns; the {args.executor} executor runs the study here")
     options = ExecOptions(jobs=args.jobs, gpus=_gpus(args), retries=args.retries, max_same_failures=args.max_same_failures,
-                          force=args.force, retrain=args.retrain, detach=args.detach, progress=not args.quiet, slurm={**study.slurm, **_slurm_flags(args)})
+                          force=args.force, retrain=args.retrain, detach=args.detach, progress=not args.quiet,
+                          slurm={**study.slurm, **_slurm_flags(args)})
     plan = plan_stages(study, device=_planned_device(args, options))
     if args.dry_run:
         return _print_dry_run(plan, args.store)
@@ -271,6 +274,19 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def _at_least(low: int):
+    """An argparse type: an integer of at least `low`, refused in one line otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimlab", description="Train, quantize, prune and measure models; compare the trade-offs.")
     parser.add_argument("--version", action="version", version=f"slimlab {_version()}")
@@ -298,10 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a value in every run")
     p.add_argument("--dry-run", action="store_true", help="print the plan (runs, trainings, each run's status) and create nothing")
     p.add_argument("--executor", default="local", help="where runs execute: local (worker processes; default), slurm, inline (this process)")
-    p.add_argument("-j", "--jobs", type=int, default=None, help="local: worker processes (default 1); CPU threads are split between them")
+    p.add_argument("-j", "--jobs", type=_at_least(1), default=None, help="local: worker processes (default 1); CPU threads are split between them")
     p.add_argument("--gpus", help="local: GPU ids, one worker each, e.g. 0,1 (default: every visible GPU)")
-    p.add_argument("--retries", type=int, default=0, help="retry a run that failed transiently (oom, timeout, preempted, killed) up to N times")
-    p.add_argument("--max-same-failures", type=int, default=None, metavar="K", help="stop the study after K runs fail with the same error")
+    p.add_argument("--retries", type=_at_least(0), default=0, help="retry a run that failed transiently (oom, timeout, preempted, killed) up to N times")
+    p.add_argument("--max-same-failures", type=_at_least(1), default=None, metavar="K", help="stop the study after K runs fail with the same error")
     p.add_argument("--force", action="store_true", help="run done runs again (finished trainings are reused)")
     p.add_argument("--retrain", action="store_true", help="like --force, and train every parent again too")
     p.add_argument("--detach", action="store_true", help="slurm: submit and return; follow with `slimlab status`")

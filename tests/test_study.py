@@ -301,3 +301,12 @@ def test_status_gives_an_eta_from_the_work_done_so_far(tmp_path, counted):
     assert progress["counts"]["done"] == 1 and progress["counts"]["queued"] == 2
     epoch = store.training_progress(plan.runs[0].training)["seconds"]
     assert progress["eta_seconds"] == pytest.approx(2 * epoch + 2 * first.seconds)  # 2 parents of 1 epoch, 2 runs left
+
+
+@pytest.mark.parametrize("flags, match", [(["-j", "0"], "-j/--jobs: must be at least 1"),
+                                          (["--retries", "-1"], "--retries: must be at least 0"),
+                                          (["--detach"], "--detach: only the slurm executor")])
+def test_impossible_study_flags_are_one_line_before_anything_is_written(tmp_path, flags, match):
+    out = _cli("study", str(write_study(tmp_path, {})), "--store", str(tmp_path / "store"), *flags)
+    assert out.returncode == 2 and match in out.stderr and len(out.stderr.strip().splitlines()) <= 2  # argparse: usage + error
+    assert not (tmp_path / "store").exists()
