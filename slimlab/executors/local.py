@@ -119,8 +119,10 @@ def execute_local(plan: Plan, store: Store, options: ExecOptions) -> Outcome:
 def _drive(schedule: Schedule, workers: list[Worker], context, store_root: str, messages: list[str], progress: bool) -> None:
     oom_before = oom_kills()
     while not schedule.done():
-        for worker in workers:
+        for i, worker in enumerate(workers):
             if worker.task is None and (task := schedule.next_task()) is not None:
+                if not worker.process.is_alive():  # died while idle (killed from outside): a fresh one takes the task
+                    workers[i] = worker = _start_worker(context, worker.env, store_root)
                 worker.task = task
                 worker.conn.send(task)
                 _say(progress, f"started {task['label']}")
