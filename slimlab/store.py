@@ -72,7 +72,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, (0o666 & ~_umask()) | 0o040)
+        os.chmod(tmp, (0o666 & ~_UMASK) | 0o040)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -84,6 +84,8 @@ def _umask() -> int:
     os.umask(mask)
     return mask
 
+
+_UMASK = _umask()  # read once, at import: changing it later, while a heartbeat thread writes, would race
 
 def _pid_alive(pid: int) -> bool:
     try:
