@@ -42,13 +42,15 @@ def select_work(plan: Plan, store: Store, force: bool = False, retrain: bool = F
     keys = {s.training for s in runs}
     trainings = [t for t in plan.trainings if t.key in keys and t.key not in busy
                  and (retrain or not training_finished(store, t.key, t.snapshot_epochs))]
-    planned = {s.id for s in plan.runs}
-    pending = [r.id for r in records.values() if r.notes.get("latency_status") == "pending" and r.id in planned and r.id not in busy]
+    later = {s.id for s in plan.runs} - {s.id for s in runs} - set(busy)  # a run about to run again is timed after it
+    pending = [r.id for r in records.values() if r.notes.get("latency_status") == "pending" and r.id in later]
     return Work(runs, trainings, pending)
 
 
 @dataclass
 class Schedule:
+    """The study's tasks in dependency order for an executor that asks `next_task()` and reports `finished()`."""
+
     plan: Plan
     store: Store
     options: ScheduleOptions = field(default_factory=ScheduleOptions)
