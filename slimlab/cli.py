@@ -287,17 +287,15 @@ def _at_least(low: int):
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="slimlab", description="Train, quantize, prune and measure models; compare the trade-offs.")
-    parser.add_argument("--version", action="version", version=f"slimlab {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _with_store(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--store", default=os.environ.get("SLIMLAB_STORE", "store"),
+                   help="result store folder (default: $SLIMLAB_STORE, else ./store)")
+    return p
 
-    def with_store(p):
-        p.add_argument("--store", default=os.environ.get("SLIMLAB_STORE", "store"),
-                       help="result store folder (default: $SLIMLAB_STORE, else ./store)")
-        return p
 
-    p = with_store(sub.add_parser("run", help="run one experiment from a YAML file"))
+def _add_run_commands(sub) -> None:
+    """run, study, status, reindex: the commands that do work."""
+    p = _with_store(sub.add_parser("run", help="run one experiment from a YAML file"))
     p.add_argument("config", help="experiment YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=5")
     p.add_argument("--json", action="store_true", help="print the run record as one JSON object, no progress bars")
@@ -308,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="DIR", help="then write the run's report (HTML page, PNG figures, tables) into DIR and print its path")
     p.set_defaults(fn=cmd_run)
 
-    p = with_store(sub.add_parser("study", help="run a study file (grid x zip x seeds x variants): trainings first, then "
+    p = _with_store(sub.add_parser("study", help="run a study file (grid x zip x seeds x variants): trainings first, then "
                                   "the runs that need them; done runs are skipped"))
     p.add_argument("study", help="study YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a value in every run")
@@ -328,51 +326,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_study)
 
-    p = with_store(sub.add_parser("status", help="a study's progress from the store: done / running / queued / failed / stale, ETA"))
+    p = _with_store(sub.add_parser("status", help="a study's progress from the store: done / running / queued / failed / stale, ETA"))
     p.add_argument("study", nargs="?", default=None, help="the study's name (default: every study in the store)")
     p.set_defaults(fn=cmd_status)
 
-    p = with_store(sub.add_parser("reindex", help="rebuild index.sqlite from the run folders"))
+    p = _with_store(sub.add_parser("reindex", help="rebuild index.sqlite from the run folders"))
     p.set_defaults(fn=cmd_reindex)
 
-    p = with_store(sub.add_parser("table", help="print a study's runs in the seed deck's table layout"))
+
+def _add_report_commands(sub) -> None:
+    """table, report, studies, recommend, compare, export: the commands that read a study for people."""
+    p = _with_store(sub.add_parser("table", help="print a study's runs in the seed deck's table layout"))
     p.add_argument("study", help="the study's name")
     p.set_defaults(fn=cmd_table)
 
-    p = with_store(sub.add_parser("report", help="write a study's report: an offline HTML page, PNG figures, CSV and Markdown tables"))
+    p = _with_store(sub.add_parser("report", help="write a study's report: an offline HTML page, PNG figures, CSV and Markdown tables"))
     p.add_argument("study", nargs="?", help="the study's name (default: the store's only study, else every run)")
     p.add_argument("--out", default="report", help="folder to write into (default: report)")
     p.add_argument("--references", metavar="CSV", help="points to draw: columns label, top1 and any of size_mb, latency_b<N>_ms, energy_j, sparsity_pct")
     p.add_argument("--layers-run", metavar="ID", help="run whose per-layer sparsity and SQNR to show (default: the sparsest; the largest quantization error)")
     p.set_defaults(fn=cmd_report)
 
-    p = with_store(sub.add_parser("studies", help="list the studies in a store with their run counts"))
+    p = _with_store(sub.add_parser("studies", help="list the studies in a store with their run counts"))
     p.add_argument("--json", action="store_true", help="one JSON object per study")
     p.set_defaults(fn=cmd_studies)
 
-    p = with_store(sub.add_parser("recommend", help="the best measured configuration within an accuracy budget of its float parent"))
+    p = _with_store(sub.add_parser("recommend", help="the best measured configuration within an accuracy budget of its float parent"))
     p.add_argument("study", nargs="?", help="the study's name (default: the store's only study, else every run)")
     p.add_argument("--max-drop", type=float, default=1.0, help="top-1 points the pick may lose against its float parent (default 1.0)")
     p.add_argument("--minimize", default="latency_b1", help="latency_b<N>, size, energy or macs (default latency_b1)")
     p.add_argument("--out", default="recommended.yaml", help="where to write the pick's experiment file")
     p.set_defaults(fn=cmd_recommend)
 
-    p = with_store(sub.add_parser("compare", help="runs side by side: headline figures, then the config keys that differ"))
+    p = _with_store(sub.add_parser("compare", help="runs side by side: headline figures, then the config keys that differ"))
     p.add_argument("ids", nargs="+", metavar="ID", help="run ids (a prefix is enough)")
     p.set_defaults(fn=cmd_compare)
 
-    p = with_store(sub.add_parser("export", help="export a study to MLflow (a local SQLite store, no server) or TensorBoard event files"))
+    p = _with_store(sub.add_parser("export", help="export a study to MLflow (a local SQLite store, no server) or TensorBoard event files"))
     p.add_argument("tracker", choices=["mlflow", "tensorboard"])
     p.add_argument("study", nargs="?", help="the study's name (default: the store's only study, else every run)")
     p.add_argument("--out", required=True, help="folder to write into (mlflow: OUT/mlflow.db and OUT/artifacts; tensorboard: a log dir)")
     p.set_defaults(fn=cmd_export)
 
-    p = with_store(sub.add_parser("runs", help="list recorded runs"))
+
+def _add_listing_commands(sub) -> None:
+    """runs, show, models, datasets."""
+    p = _with_store(sub.add_parser("runs", help="list recorded runs"))
     p.add_argument("--json", action="store_true", help="one JSON object per run (id, status, config, metrics, ...)")
     p.add_argument("--status", choices=["done", "failed", "running", "stale"])
     p.set_defaults(fn=cmd_runs)
 
-    p = with_store(sub.add_parser("show", help="show one run (an id prefix is enough)"))
+    p = _with_store(sub.add_parser("show", help="show one run (an id prefix is enough)"))
     p.add_argument("id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_show)
@@ -382,6 +386,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("pattern", nargs="?", default="*", help="glob filter, e.g. 'resnet*'")
         p.add_argument("--json", action="store_true")
         p.set_defaults(fn=fn)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slimlab", description="Train, quantize, prune and measure models; compare the trade-offs.")
+    parser.add_argument("--version", action="version", version=f"slimlab {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for add in (_add_run_commands, _add_report_commands, _add_listing_commands):
+        add(sub)
     return parser
 
 
