@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "examples/resnet20_cifar10.yaml"
 # Variant 0 is the recipe file (Muon); the others vary its Muon settings, or go back to SGD for the convolutions.
-# Earlier lists (training-time branches, self-distillation) are in the git history; their results are in the README.
+# Earlier lists (training-time branches, self-distillation) are in the git history; their results are in docs/results.md.
 VARIANTS = [
     {},
     {"train.optimizer": "sgd"},
