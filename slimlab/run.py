@@ -335,7 +335,9 @@ def _train_or_reuse(config, model, data: Prepared, store: Store, progress: bool,
                         callbacks=[meter, *([_EpochSnapshots(wanted, keep)] if wanted else [])],
                         save_checkpoint=lambda state: _checkpoint(store, key, state, config.train.epochs))
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    store.save_training_file(key, TRAINED_WEIGHTS, {"model": weights, "history": history, "code": measure.code_version()})
+    code = measure.code_version()
+    store.save_training_file(key, TRAINED_WEIGHTS, {"model": weights, "history": history, "code": code})
+    store.save_progress(key, {**(store.training_progress(key) or {}), "code": code})  # read by every run of this parent
     return history, meter
 
 
@@ -347,8 +349,7 @@ def _checkpoint(store: Store, key: str, state: TrainState, epochs: int) -> None:
 
 def _code_notes(store: Store, key: str) -> dict:
     """Say so when the trained parent was trained by other code than the code running now."""
-    trained = store.load_training_file(key, TRAINED_WEIGHTS) if store.training_dir(key).exists() else None
-    then, now = (trained or {}).get("code"), measure.code_version()
+    then, now = (store.training_progress(key) or {}).get("code"), measure.code_version()  # not the weights file again
     if not then or then == now:
         return {}
     return {"trained_by_code": f"the parent was trained at commit {then['commit']}{' (dirty)' if then['dirty'] else ''}, "
