@@ -243,15 +243,6 @@ def test_stored_files_are_group_readable_and_killed_writes_leave_no_temporary_fi
     assert not leftover.exists() and ours.exists()
 
 
-@pytest.mark.parametrize("target", ["file", "under-a-file"])
-def test_a_store_that_cannot_be_a_folder_is_one_line(tmp_path, target):
-    path = tmp_path / "a-file"
-    path.write_text("x")
-    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(tiny_config()))
-    out = _cli("run", str(tmp_path / "exp.yaml"), "--store", str(path if target == "file" else path / "sub"))
-    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and str(path) in out.stderr, out.stderr
-
-
 def test_workers_split_the_cores_and_take_one_gpu_each(monkeypatch):
     from slimlab.executors import local
 
