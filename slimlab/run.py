@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -13,12 +13,13 @@ from torch import nn
 
 from slimlab import measure
 from slimlab.config import ExperimentConfig, config_hash, rewind_epochs, training_hash
-from slimlab.data import DatasetRequest, ImageDataset, ImageSplit, load_dataset
-from slimlab.data.loader import DeviceLoader, balanced_subset, split_validation
+from slimlab.data import DatasetRequest, load_dataset
+from slimlab.data.loader import balanced_subset, split_validation
 from slimlab.deployable import DEFERRABLE_FORMATS, MODEL_FILES, load_deployable, speedups, time_latency
 from slimlab.errors import ConfigError, SlimlabError
 from slimlab.models import create_model
-from slimlab.steps import step_kinds
+from slimlab.data.prepared import Prepared
+from slimlab.steps import StepContext, step_kinds
 from slimlab.store import DEFAULT_STORE, RunRecord, Store
 from slimlab.train import TrainingDiverged, TrainState, evaluate, train
 
@@ -44,27 +45,6 @@ def resolve_device(name: str, planned: str | None = None) -> torch.device:
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
-@dataclass
-class Prepared:
-    """The data side of an experiment, ready for training and measurement."""
-
-    dataset: ImageDataset
-    train: ImageSplit
-    val: ImageSplit
-    test: ImageSplit
-    device: torch.device
-
-    def loader(self, split: ImageSplit, batch_size: int, config: ExperimentConfig, training: bool = False,
-               shuffle: bool | None = None) -> DeviceLoader:
-        """Training loaders shuffle and augment. Others keep the stored order unless `shuffle`: a loader whose first
-        batches serve as a sample must shuffle, since stored order is often sorted by class."""
-        return DeviceLoader(split, batch_size, self.dataset.mean, self.dataset.std, device=self.device,
-                            shuffle=training if shuffle is None else shuffle,
-                            augment=training, crop_padding=config.data.crop_padding, flip=config.data.flip,
-                            alternate_flips=config.data.alternate_flips, seed=config.seed, padding_mode=config.data.crop_padding_mode,
-                            drop_last=training, channels_last=config.train.channels_last and split.images.shape[1] > 1)
-
-
 def prepare_data(config: ExperimentConfig, progress: bool = True, device: str | None = None) -> Prepared:
     request = DatasetRequest(roots=data_roots(config), cache_dir=Path("~/.cache/slimlab").expanduser(), download=config.data.download,
                              path=Path(config.data.path) if config.data.path else None, options={"progress": progress, **config.data.options})
@@ -82,51 +62,6 @@ def prepare_data(config: ExperimentConfig, progress: bool = True, device: str | 
     if config.data.test_subset:
         test = balanced_subset(test, config.data.test_subset, seed=DATA_SPLIT_SEED)
     return Prepared(dataset, train_split, val_split, test, resolve_device(config.train.device, device))
-
-
-@dataclass
-class StepContext:
-    """What a compression step may use, and where it reports; steps never write files themselves."""
-
-    config: ExperimentConfig
-    data: Prepared
-    progress: bool
-    metrics: dict = field(default_factory=dict)
-    notes: dict = field(default_factory=dict)
-    artifacts: dict[str, bytes] = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)
-    measure_device: torch.device | None = None
-    weights_at_epoch: dict[int, dict] = field(default_factory=dict)  # snapshots asked for by steps (late rewinding)
-    step_index: int = 0  # which of config.steps is running
-    time_latency: bool = True  # False when other runs execute beside this one: steps then time nothing
-    # Results a step may share with sibling runs of the same parent (e.g. early pruning rounds); no-ops by default.
-    cache_load: Callable[[str], object | None] = lambda key: None
-    cache_save: Callable[[str, object], None] = lambda key, value: None
-    # A step whose result is not TorchScript-able (an ONNX Runtime session) supplies its own deployable file.
-    serialize: Callable[[nn.Module, torch.Tensor], tuple[bytes, str]] | None = None
-
-    def train_loader(self, batch_size: int | None = None) -> DeviceLoader:
-        return self.data.loader(self.data.train, batch_size or self.config.train.batch_size, self.config, training=True)
-
-    def calibration_loader(self, batch_size: int = 64) -> DeviceLoader:
-        """Validation images if carved out, else training images; never the test set. Shuffled (by the seed), without
-        augmentation, so that its first few batches are a fair sample of every class."""
-        split = self.data.val if len(self.data.val) else self.data.train
-        return self.data.loader(split, batch_size, self.config, shuffle=True)
-
-    def example(self, batch: int, device: torch.device | None = None) -> torch.Tensor:
-        """`batch` normalized test images (repeated if the test set is smaller), for tracing and timing."""
-        device = device or self.measure_device or self.data.device
-        test = self.data.test
-        return self.test_loader(batch_size=batch, device=device).normalize(test.images[torch.arange(batch) % len(test)].to(device))
-
-    def test_loader(self, batch_size: int | None = None, device: torch.device | None = None, shuffle: bool = False) -> DeviceLoader:
-        """The test set in stored order; `shuffle` (by the seed) where only its first batches are used, as a sample."""
-        loader = self.data.loader(self.data.test, batch_size or self.config.measure.eval_batch_size, self.config, shuffle=shuffle)
-        if device is not None and device != loader.device:
-            loader = DeviceLoader(self.data.test, loader.batch_size, self.data.dataset.mean, self.data.dataset.std, device=device,
-                                  shuffle=shuffle, seed=self.config.seed)
-        return loader
 
 
 @dataclass(frozen=True)

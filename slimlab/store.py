@@ -12,12 +12,12 @@ import os
 import socket
 import sqlite3
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from slimlab.atomic import save_torch_atomic, write_atomic
 from slimlab.errors import SlimlabError
 
 DEFAULT_STORE = Path(os.environ.get("SLIMLAB_STORE", "store"))
@@ -58,34 +58,6 @@ class RunRecord:
                 "pid": self.pid, "attempts": self.attempts, "seconds": self.seconds, "created": self.created, "updated": self.updated}
 
 
-def _temp_name(path: Path) -> str:
-    return f".{path.name}.{socket.gethostname()}.{os.getpid()}."
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, rename: a reader sees the old file or the new one, never half.
-    The file is readable by the group, so a store can be shared on a cluster."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_name(path), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, (0o666 & ~_UMASK) | 0o040)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()  # read once, at import: changing it later, while a heartbeat thread writes, would race
 
 def _pid_alive(pid: int) -> bool:
     try:
@@ -297,14 +269,8 @@ class Store:
 
     def save_training_file(self, training_key: str, name: str, state) -> Path:
         """A checkpoint, snapshot or history of a training stage (torch.save format, written atomically)."""
-        import io
-
-        import torch
-
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
         path = self.training_dir(training_key) / name
-        write_atomic(path, buffer.getvalue())
+        save_torch_atomic(state, path)
         return path
 
     def save_progress(self, training_key: str, progress: dict) -> None:

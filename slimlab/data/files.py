@@ -1,13 +1,12 @@
 """Finding, verifying, downloading and atomically caching dataset files."""
 from __future__ import annotations
 
-import os
-import tempfile
 import urllib.request
 from pathlib import Path
 
 import torch
 
+from slimlab.atomic import atomic_file
 from slimlab.errors import DataNotFoundError
 from slimlab.fingerprint import sha256_of
 
@@ -52,27 +51,12 @@ def missing_file_message(relative: str, roots: tuple[Path, ...], url: str | None
 
 
 def _download(url: str, target: Path) -> None:
-    tmp = target.with_suffix(target.suffix + ".part")
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+        with urllib.request.urlopen(url, timeout=60) as response, atomic_file(target) as out:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
     except OSError as exc:
         raise DataNotFoundError(f"could not download {url}: {exc}") from exc
-    os.replace(tmp, target)
-
-
-def save_tensors_atomic(obj: dict, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: never a half-written cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_tensors(path: Path) -> dict:

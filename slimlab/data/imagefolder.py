@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import sys
 import tarfile
 from pathlib import Path
@@ -14,7 +13,8 @@ import torch
 
 from slimlab.data import DatasetRequest, ImageDataset, ImageSplit, register_dataset
 from slimlab.data.cifar import CIFAR10_MEAN, CIFAR10_STD
-from slimlab.data.files import fetch, load_tensors, save_tensors_atomic
+from slimlab.atomic import save_torch_atomic, write_atomic
+from slimlab.data.files import fetch, load_tensors
 from slimlab.errors import BadDataError, DataNotFoundError
 from slimlab.fingerprint import content_fingerprint
 
@@ -131,7 +131,7 @@ def load_image_folder(source: Path, cache_dir: Path, name: str, options: dict, s
         blob = load_tensors(cache)
     else:
         blob = decode_image_folder(source, image_size, test_fraction, progress=options.get("progress", True))
-        save_tensors_atomic(blob, cache)
+        save_torch_atomic(blob, cache)
     train = ImageSplit(blob["train_images"], blob["train_labels"])
     test = ImageSplit(blob["test_images"], blob["test_labels"])
     mean, std = _cached_statistics(cache, train) if statistics else ((0.5,) * 3, (0.25,) * 3)
@@ -147,9 +147,7 @@ def _cached_statistics(cache: Path, train: ImageSplit) -> tuple[tuple[float, ...
     except (OSError, ValueError, KeyError):
         pass
     mean, std = channel_statistics(train.images) if len(train) else ((0.5,) * 3, (0.25,) * 3)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"mean": mean, "std": std}))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"mean": mean, "std": std}).encode())
     return mean, std
 
 

@@ -21,7 +21,8 @@ from slimlab.executors import ExecOptions, Outcome, final_statuses, register_exe
 from slimlab.executors.schedule import select_work
 from slimlab.executors.tasks import execute_task, latency_task, record_failure, run_task, training_task
 from slimlab.plan import Plan
-from slimlab.store import TRANSIENT_FAILURES, Store, write_atomic
+from slimlab.atomic import write_atomic
+from slimlab.store import TRANSIENT_FAILURES, Store
 
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED",
           "RESIZING", "SIGNALING", "STAGE_OUT"}

@@ -17,7 +17,7 @@ from slimlab.prune.unstructured import (MaskKeeper, apply_masks_, current_masks,
 from slimlab.steps import register_step
 
 if TYPE_CHECKING:
-    from slimlab.run import StepContext
+    from slimlab.steps import StepContext
 
 
 @register_step("prune", PruneStepConfig)

@@ -23,8 +23,8 @@ from slimlab.prune.unstructured import (Masks, MaskKeeper, apply_masks_, current
                                         prune_l1_unstructured_, prune_random_unstructured_)
 from slimlab.train import evaluate, train
 
-if TYPE_CHECKING:  # slimlab.run imports the step registry, so the step names its context type for checkers only
-    from slimlab.run import StepContext
+if TYPE_CHECKING:
+    from slimlab.steps import StepContext
 
 REINIT_SEED_OFFSET = 7919  # the reinit control draws weights from another seed than the run's
 RANDOM_SEED_OFFSET = 104729  # random masks, so they differ from the weight initialization's draws

@@ -28,7 +28,7 @@ from slimlab.quantize.torch_engine import float_reference, graph_mode
 from slimlab.train import FRESH_TRAINING_ONLY, peak_rates, train
 
 if TYPE_CHECKING:
-    from slimlab.run import StepContext
+    from slimlab.steps import StepContext
 
 OWN_METHODS = ("dynamic", "static", "qat", "fp16", "bf16")
 CPU = torch.device("cpu")

@@ -1,0 +1,102 @@
+"""The house rules that keep slimlab easy to change, checked on the source itself: short functions, imports that flow
+one way, and one way to write a file."""
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+
+import pytest
+
+from slimlab import atomic
+
+PACKAGE = Path(__file__).resolve().parents[1] / "slimlab"
+MAX_FUNCTION_LINES = 60
+# Flow: config -> plan -> executors -> run -> (data, models, train, compression) -> measure -> store -> report.
+# A module may import what comes later in the flow, never what comes before it.
+MAY_NOT_IMPORT = {
+    "slimlab.quantize": ("slimlab.run", "slimlab.plan", "slimlab.executors", "slimlab.cli", "slimlab.report"),
+    "slimlab.prune": ("slimlab.run", "slimlab.plan", "slimlab.executors", "slimlab.cli", "slimlab.report"),
+    "slimlab.train": ("slimlab.run", "slimlab.plan", "slimlab.executors", "slimlab.cli", "slimlab.report",
+                      "slimlab.quantize", "slimlab.prune"),
+    "slimlab.measure": ("slimlab.run", "slimlab.plan", "slimlab.executors", "slimlab.cli", "slimlab.report",
+                        "slimlab.quantize", "slimlab.prune", "slimlab.train"),
+    "slimlab.store": ("slimlab.run", "slimlab.plan", "slimlab.executors", "slimlab.cli", "slimlab.report",
+                      "slimlab.quantize", "slimlab.prune", "slimlab.train", "slimlab.measure"),
+    "slimlab.report": ("slimlab.run", "slimlab.plan", "slimlab.executors", "slimlab.cli"),
+    "slimlab.steps": ("slimlab.run",),
+}
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        yield name, ast.parse(path.read_text(), str(path))
+
+
+def _imports(tree: ast.AST):
+    """Every module a file imports, at the top, inside functions or under TYPE_CHECKING alike."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+
+
+def test_every_function_fits_on_one_screen():
+    long = [f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines"
+            for name, tree in _modules() for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_imports_flow_one_way():
+    wrong = []
+    for name, tree in _modules():
+        for prefix, forbidden in MAY_NOT_IMPORT.items():
+            if name == prefix or name.startswith(prefix + "."):
+                wrong += [f"{name} imports {m}" for m in _imports(tree) if any(m == f or m.startswith(f + ".") for f in forbidden)]
+    assert not wrong, wrong
+
+
+def test_the_rule_catches_a_wrong_import(tmp_path):
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from slimlab.run import StepContext\n")
+    assert list(_imports(tree)) == ["typing", "slimlab.run"]
+
+
+def test_one_atomic_write_helper():
+    writers = [name for name, tree in _modules() for node in ast.walk(tree)
+               if isinstance(node, ast.Attribute) and node.attr in ("replace", "rename") and isinstance(node.value, ast.Name)
+               and node.value.id == "os" and name != "slimlab.atomic"]
+    assert not writers, f"renames outside slimlab.atomic: {writers}"
+
+
+def test_atomic_write_fsyncs_and_keeps_the_old_file_on_error(tmp_path, monkeypatch):
+    target = tmp_path / "sub" / "record.json"
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    atomic.write_atomic(target, b"old")
+    assert target.read_bytes() == b"old" and len(synced) == 1
+    assert target.stat().st_mode & 0o040  # group-readable, for stores shared on a cluster
+    with pytest.raises(RuntimeError), atomic.atomic_file(target) as f:
+        f.write(b"half of the new")
+        raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in target.parent.iterdir()] == ["record.json"]  # no temporary file left behind
+
+
+def test_torch_objects_are_written_through_the_same_helper(tmp_path):
+    import torch
+
+    atomic.save_torch_atomic({"w": torch.arange(3)}, tmp_path / "c.pt")
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["w"].tolist() == [0, 1, 2]
+
+
+def test_config_names_no_registry_package_at_import_time():
+    """config.py checks names against the registries when it validates, not when it is imported."""
+    tree = ast.parse((PACKAGE / "config.py").read_text())
+    top = [m for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)) for m in _imports(node)]
+    assert "slimlab.errors" in top  # the check sees module-level imports
+    fillers = ("slimlab.data", "slimlab.models", "slimlab.steps", "slimlab.prune", "slimlab.quantize", "slimlab.train")
+    assert not [m for m in top if m.startswith(fillers)], top
