@@ -13,7 +13,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from slimlab.config import TrainConfig  # noqa: E402
 from slimlab.models import create_model  # noqa: E402
-from slimlab.train import make_optimizer  # noqa: E402
+from slimlab.optimizers import make_optimizer  # noqa: E402
 
 torch.manual_seed(0)
 images = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)

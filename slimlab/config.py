@@ -10,11 +10,22 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slimlab.errors import ConfigError
+from slimlab.extras.lookahead import LookaheadFields
+from slimlab.extras.weight_average import WeightAverageFields
 from slimlab.fingerprint import content_fingerprint
+from slimlab.optimizers.muon import MuonFields
 
 # Bump whenever a field is added, removed or changes meaning: the run id changes with it, so old results
 # are never silently reused under a new meaning (a golden-hash test pins the current value).
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10  # 10: issue 19 removed train.distill_weight, train.distill_mirrored and train.branches
+
+# Keys that once existed: a config that still sets one gets this line instead of "unknown key".
+_SELF_DISTILLATION = "removed in issue 19 with self-distillation, which lost 0.9 points on the recipe (docs/results.md)"
+REMOVED_KEYS = {
+    "train.distill_weight": _SELF_DISTILLATION,
+    "train.distill_mirrored": _SELF_DISTILLATION,
+    "train.branches": "removed in issue 19 with training branches, which gained 0.0 points on the recipe (docs/results.md)",
+}
 
 
 class Strict(BaseModel):
@@ -75,14 +86,13 @@ class ModelConfig(Strict):
         return v
 
 
-class TrainConfig(Strict):
+# The extras' and optimizers' own fields, declared in their files and composed here as flat `train:` keys.
+class TrainConfig(Strict, MuonFields, LookaheadFields, WeightAverageFields):
     epochs: int = Field(20, ge=0)
     batch_size: int = Field(128, gt=0)
-    optimizer: Literal["sgd", "muon"] = Field("sgd", description="muon: convolution weights take orthogonalized "
-                                              "steps (Jordan et al. 2024, slimlab/muon.py); every other parameter takes SGD steps at lr")
+    optimizer: str = Field("sgd", description="a registered optimizer (slimlab/optimizers/): sgd, or muon: convolution "
+                           "weights take orthogonalized steps (Jordan et al. 2024); every other parameter takes SGD steps at lr")
     lr: float = Field(0.2, gt=0)
-    muon_lr: float = Field(0.03, gt=0, description="muon: peak step size of each convolution weight, relative to its norm")
-    muon_momentum: float = Field(0.9, ge=0, lt=1, description="muon: momentum of the convolution weights' steps")
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
@@ -90,18 +100,6 @@ class TrainConfig(Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     uncropped_final_epochs: int = Field(0, ge=0, description="train the last N epochs on uncropped images (flips stay), "
                                         "closing the gap between padded crops and test images (He et al. 2019)")
-    ema_decay: float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the weights "
-                                    "(per step) and finish with it; dense training only")
-    lookahead_steps: int | None = Field(None, ge=2, description="Lookahead (Zhang et al. 2019): every k steps pull a slow "
-                                        "copy of the weights toward the SGD weights and restart SGD from it")
-    lookahead_alpha: float = Field(0.5, gt=0, le=1, description="Lookahead: the fraction of the way the slow weights move")
-    distill_weight: float = Field(0.0, ge=0, le=1, description="self-distillation: this share of the loss is the KL "
-                                  "divergence to the weight average's predictions (needs ema_decay)")
-    distill_mirrored: bool = Field(False, description="self-distillation: the weight average sees each image mirrored")
-    branches: Literal["none", "pointwise", "asymmetric", "both"] = Field(
-        "none", description="training-time extra conv-bn branches beside each kxk conv-bn (1x1: pointwise, RepVGG; "
-        "1xk and kx1: asymmetric, ACNet), folded into the kxk kernel after training, so the saved model keeps its "
-        "architecture; dense training only")
     schedule: Literal["onecycle", "cosine", "step", "constant"] = "onecycle"
     warmup_epochs: float = Field(1.0, ge=0)
     final_lr_fraction: float = Field(0.0, ge=0, le=1)
@@ -114,6 +112,15 @@ class TrainConfig(Strict):
                            "lacks it, training runs in fp32 and the history says so")
     channels_last: bool = True
     max_batches_per_epoch: int | None = Field(None, gt=0, description="cap batches per epoch (quick runs, tests)")
+
+    @field_validator("optimizer")
+    @classmethod
+    def _registered_optimizer(cls, v):
+        from slimlab.optimizers import optimizers
+
+        if v not in optimizers():
+            raise ValueError(f"unknown optimizer '{v}'; known: {', '.join(sorted(optimizers()))}")
+        return v
 
     @field_validator("milestones")
     @classmethod
@@ -132,10 +139,6 @@ class TrainConfig(Strict):
             fixes = " ".join(f"--set train.{key}={self.epochs}" for key, _ in too_long)
             raise ValueError(f"{named} exceed{'s' * (len(too_long) == 1)} train.epochs ({self.epochs}); shorten "
                              f"{'it' if len(too_long) == 1 else 'them'} too, e.g. {fixes}")
-        if self.distill_weight > 0 and self.ema_decay is None:
-            raise ValueError("distill_weight needs ema_decay: the weight average is the teacher")
-        if self.distill_mirrored and self.distill_weight == 0:
-            raise ValueError("distill_mirrored needs distill_weight above 0: without a teacher there is nothing to mirror")
         if self.uncropped_final_epochs > self.epochs:  # with epochs: 0
             raise ValueError(f"train.uncropped_final_epochs ({self.uncropped_final_epochs}) exceeds train.epochs ({self.epochs})")
         return self
@@ -181,14 +184,6 @@ class ExperimentConfig(Strict):
         if self.train.epochs and self.data.train_subset is not None and self.data.train_subset < self.train.batch_size:
             raise ValueError(f"data.train_subset ({self.data.train_subset}) is smaller than train.batch_size "
                              f"({self.train.batch_size}): training drops a short last batch, so no step would run")
-        return self
-
-    @model_validator(mode="after")
-    def _branches_fold_before_rewinding(self):
-        rewinding = [i for i, step in enumerate(self.steps) if step.get("rewind_epoch")]
-        if self.train.branches != "none" and rewinding:
-            raise ValueError(f"steps[{rewinding[0]}].rewind_epoch: train.branches folds the model only after training, so "
-                             "there are no plain weights to rewind to mid-training; use branches: none for this study")
         return self
 
 
@@ -298,9 +293,12 @@ def build_config(raw: dict, source: str = "config") -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        # A removed key is named first: it is the likeliest cause of the other problems in an old config.
+        err = min(exc.errors(), key=lambda e: ".".join(map(str, e["loc"])) not in REMOVED_KEYS)
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden" and where in REMOVED_KEYS:
+            message = f"{REMOVED_KEYS[where]}; delete the key"
         # A check across keys gets the whole section as its input: its message names the keys, so the section is not shown.
         got = "" if err["type"] == "extra_forbidden" or isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
         more = f" and {exc.error_count() - 1} more problem(s)" if exc.error_count() > 1 else ""

@@ -1,34 +1,38 @@
-"""The one training loop: SGD + schedule, per-epoch history, checkpoint/resume hooks, callbacks for masks and fake-quant."""
+"""The one training loop: optimizer + schedule, per-epoch history, checkpoint/resume, and callbacks, through which
+the extras (slimlab/extras/), masks and fake quantization act; the optimizer comes from slimlab/optimizers/."""
 from __future__ import annotations
 
 import contextlib
-import copy
-import itertools
 import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
 
-from slimlab.branches import add_branches, fold_branches
 from slimlab.config import TrainConfig
 from slimlab.data.loader import DeviceLoader
-from slimlab.muon import Muon, scale_invariant_parameters
+from slimlab.extras import ExtraContext, build_extras, extras
+from slimlab.optimizers import make_optimizer, optimizers
 
-# Options that keep a second copy of the weights (average, slow weights, teacher): switched off wherever training
-# continues from trained weights (retraining after pruning, QAT), so nothing brings back weights a mask removed.
-# Extra branches are folded away after the first training, and masks or fake quantization act on the folded kernels.
-FRESH_TRAINING_ONLY = {"ema_decay": None, "lookahead_steps": None, "distill_weight": 0.0, "distill_mirrored": False,
-                       "branches": "none"}
+
+def fine_tuning_overrides(cfg: TrainConfig) -> dict:
+    """Config updates for training that goes on from trained weights a mask or fake quantization constrains
+    (retraining after pruning, QAT): every extra and optimizer that declares it must not run then is switched off,
+    by its own declaration, so a new one cannot be forgotten here."""
+    updates = {key: value for extra in extras().values() if not extra.fine_tuning for key, value in extra.off.items()}
+    if not optimizers()[cfg.optimizer].fine_tuning:
+        updates["optimizer"] = TrainConfig.model_fields["optimizer"].default
+    return updates
 
 
 def peak_rates(cfg: TrainConfig, lr: float) -> dict:
-    """Config updates for fine-tuning at peak rate `lr`: the Muon rate scales by the same factor, so a fine-tune
-    is as gentle on the convolutions as on everything else."""
-    return {"lr": lr, "muon_lr": cfg.muon_lr * lr / cfg.lr}
+    """Config updates for fine-tuning at peak rate `lr`: every optimizer's own step sizes (Muon's) scale by the same
+    factor, so a fine-tune is as gentle on the convolutions as on everything else."""
+    rates = {key for entry in optimizers().values() for key in entry.rates}
+    return {"lr": lr, **{key: getattr(cfg, key) * lr / cfg.lr for key in sorted(rates)}}
 
 
 class TrainingDiverged(RuntimeError):
@@ -36,16 +40,18 @@ class TrainingDiverged(RuntimeError):
 
 
 class Callback(Protocol):
-    """Optional hooks; a callback implements any subset of them."""
+    """Optional hooks; a callback implements any subset of them. An extra also has `state_key` and `state_dict()`,
+    saved in each checkpoint, and `on_train_end`, which returns True when it changed the weights training ends on."""
 
     def on_epoch_start(self, epoch: int, model: nn.Module) -> None: ...
     def on_step_end(self, model: nn.Module) -> None: ...
     def on_epoch_end(self, epoch: int, model: nn.Module, record: dict) -> None: ...
+    def on_train_end(self, model: nn.Module) -> bool: ...
 
 
 @dataclass
 class TrainState:
-    """Everything needed to resume: weights, optimizer, next epoch, history so far."""
+    """Everything needed to resume: weights, optimizer, next epoch, history so far, the extras' states by key."""
 
     model: dict
     optimizer: dict
@@ -59,61 +65,6 @@ class TrainState:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainState":
         return cls(d["model"], d["optimizer"], d["epoch"], d.get("history", []), d.get("extra", {}))
-
-
-class WeightAverage:
-    """Exponential moving average of a model's floating-point weights and buffers, updated every optimizer step.
-
-    The decay ramps up as (1 + t) / (10 + t) so early updates are not dominated by the initial weights; integer
-    buffers (batch-norm counters) are copied as they are."""
-
-    def __init__(self, model: nn.Module, decay: float, state: dict | None = None):
-        self.decay = decay
-        live = model.state_dict()
-        source = state["average"] if state else live
-        self.average = {k: source[k].detach().clone().to(v.device) for k, v in live.items()}
-        self.updates = state["updates"] if state else 0
-        self._float_keys = [k for k, v in live.items() if v.dtype.is_floating_point]
-        self._live = [live[k] for k in self._float_keys]
-        self._shadow = [self.average[k] for k in self._float_keys]
-        self._other = [(self.average[k], v) for k, v in live.items() if not v.dtype.is_floating_point]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(self._shadow, self._live, 1 - decay)
-        for shadow, live in self._other:
-            shadow.copy_(live)
-
-    def state_dict(self) -> dict:
-        return {"average": self.average, "updates": self.updates}
-
-
-class Lookahead:
-    """Lookahead (Zhang et al. 2019) over the parameters: every `steps` optimizer steps the slow weights move
-    `alpha` of the way to the fast (SGD) weights, and SGD restarts from them. Batch-norm statistics stay live, and so
-    do SGD's momentum buffers across each sync."""
-
-    def __init__(self, model: nn.Module, steps: int, alpha: float, state: dict | None = None):
-        self.steps, self.alpha = steps, alpha
-        self._fast = list(model.parameters())
-        source = state["slow"] if state else self._fast
-        self.slow = [s.detach().clone().to(p.device) for s, p in zip(source, self._fast)]
-
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        """Call after optimizer step number `step` (0-based, counted over the whole run so resuming keeps the phase)."""
-        if (step + 1) % self.steps == 0:
-            self.sync()
-
-    @torch.no_grad()
-    def sync(self) -> None:
-        torch._foreach_lerp_(self.slow, self._fast, self.alpha)
-        torch._foreach_copy_(self._fast, self.slow)
-
-    def state_dict(self) -> dict:
-        return {"slow": self.slow}
 
 
 def lr_multiplier(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
@@ -131,28 +82,6 @@ def lr_multiplier(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainC
         done = step / max(1, total_steps)
         return cfg.gamma ** sum(done >= m for m in cfg.milestones)
     return 1.0
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig, example: torch.Tensor | None = None) -> torch.optim.Optimizer:
-    """SGD, or Muon for convolution weights (`example`, a small input batch, tells which are scale-invariant);
-    batch-norm weights and biases skip weight decay unless asked (decay on them only hurts small nets)."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    nesterov = cfg.nesterov and cfg.momentum > 0
-    orthogonal_groups, rest = [], trainable
-    if cfg.optimizer == "muon":
-        if example is None:
-            raise ValueError("the muon optimizer needs an example batch to find the scale-invariant convolution weights")
-        invariant = scale_invariant_parameters(model, example)
-        convs, rest = [p for p in trainable if p.ndim == 4], [p for p in trainable if p.ndim != 4]
-        orthogonal = {"lr": cfg.muon_lr, "momentum": cfg.muon_momentum, "orthogonalize": True}
-        orthogonal_groups = [{"params": [p for p in convs if p in invariant], "pin_norm": True, **orthogonal},
-                             {"params": [p for p in convs if p not in invariant], "weight_decay": cfg.weight_decay, **orthogonal}]
-    decays = [p.ndim > 1 or cfg.decay_norm_and_bias for p in rest]
-    groups = [{"params": [p for p, d in zip(rest, decays) if d], "weight_decay": cfg.weight_decay},
-              {"params": [p for p, d in zip(rest, decays) if not d], "weight_decay": 0.0}]
-    if cfg.optimizer == "muon":
-        return Muon([g for g in orthogonal_groups + groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -235,11 +164,8 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
     """Train in place for cfg.epochs; returns the per-epoch history. Raises TrainingDiverged on a non-finite loss."""
     from tqdm import tqdm
 
-    device = train_loader.device
-    if cfg.branches != "none":  # before the optimizer, averages and any resumed state: they all see the branches
-        add_branches(model, cfg.branches)
-    example = next(iter(train_loader))[0][:32] if cfg.optimizer == "muon" else None
-    optimizer = make_optimizer(model, cfg, example)
+    # The example batch is drawn only by an optimizer that asks for it (Muon), before any resumed state is loaded.
+    optimizer = make_optimizer(model, cfg, lambda: next(iter(train_loader))[0][:32])
     base_lrs = [g["lr"] for g in optimizer.param_groups]  # before a resumed state overwrites them with scheduled ones
     history: list[dict] = []
     start_epoch = 0
@@ -249,90 +175,94 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
         start_epoch, history = resume.epoch, list(resume.history)
     steps_per_epoch = len(train_loader) if cfg.max_batches_per_epoch is None else min(len(train_loader), cfg.max_batches_per_epoch)
     total_steps = steps_per_epoch * cfg.epochs
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    precision = training_precision(device, cfg)
-    lookahead = None
-    if cfg.lookahead_steps is not None:
-        lookahead = Lookahead(model, cfg.lookahead_steps, cfg.lookahead_alpha, resume.extra.get("lookahead") if resume is not None else None)
-    average = None
-    if cfg.ema_decay is not None:
-        average = WeightAverage(model, cfg.ema_decay, resume.extra.get("ema") if resume is not None else None)
-    teacher = None
-    if cfg.distill_weight > 0:  # the weight average, in eval mode, gives soft targets (self-distillation)
-        teacher = copy.deepcopy(model).eval().requires_grad_(False)
-        teacher_tensors = list(teacher.state_dict().values())
-        average_tensors = [average.average[k] for k in teacher.state_dict()]
-
+    acting, observing = build_extras(ExtraContext(model, cfg, resume.extra if resume is not None else {},
+                                                  start_epoch * steps_per_epoch, total_steps))
+    # Extras that change the weights (Lookahead) step first, then masks and fake quantization, then those that only
+    # read the weights (an average), so they see each step's final weights.
+    run = _Run(model, train_loader, optimizer, cfg, [*acting, *callbacks, *observing], base_lrs, steps_per_epoch,
+               total_steps, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), training_precision(train_loader.device, cfg))
+    validating = val_loader is not None and len(val_loader.labels) > 0
     for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        for cb in callbacks:
-            getattr(cb, "on_epoch_start", lambda *a: None)(epoch, model)
-        train_loader.set_epoch(epoch, crop=epoch < cfg.epochs - cfg.uncropped_final_epochs)
-        started = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = 0
-        bar = tqdm(total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, disable=not bars_on(progress), mininterval=1)
-        for b, (x, y) in enumerate(train_loader):
-            if b >= steps_per_epoch:
-                break
-            factor = lr_multiplier(epoch * steps_per_epoch + b, total_steps, steps_per_epoch, cfg)
-            for group, base in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base * factor
-            with autocast_for(device, precision):
-                logits = model(x)
-                loss = criterion(logits, y)
-                if teacher is not None:
-                    torch._foreach_copy_(teacher_tensors, average_tensors)
-                    with torch.no_grad():
-                        targets = teacher(x.flip(3) if cfg.distill_mirrored else x).float().softmax(1)
-                    kl = nn.functional.kl_div(logits.float().log_softmax(1), targets, reduction="batchmean")
-                    loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kl
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if lookahead is not None:
-                lookahead.update(epoch * steps_per_epoch + b)
-            for cb in callbacks:
-                getattr(cb, "on_step_end", lambda *a: None)(model)
-            if average is not None:
-                average.update()
-            loss_sum += loss.detach() * y.numel()
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += y.numel()
-            # Checking every step costs nothing on CPU; on CUDA it would sync, so look every 50 steps there.
-            if (device.type != "cuda" or b % 50 == 0) and not torch.isfinite(loss_sum):
-                bar.close()
-                raise TrainingDiverged(f"non-finite training loss at epoch {epoch + 1}, batch {b + 1} (lr {cfg.lr * factor:.4g})")
-            bar.update(1)
-        bar.close()
-        if not torch.isfinite(loss_sum):
-            raise TrainingDiverged(f"non-finite training loss in epoch {epoch + 1}")
-        record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(1, seen), "train_top1": 100.0 * correct.item() / max(1, seen),
-                  "lr": cfg.lr * factor, "seconds": time.perf_counter() - started, "precision": precision}
-        if val_loader is not None and len(val_loader.labels):
+        record = _train_epoch(run, epoch, progress, desc)
+        if validating:
             val = evaluate(model, val_loader, amp=cfg.amp)
             record.update(val_top1=val["top1"], val_loss=val["loss"])
-        for cb in callbacks:
-            getattr(cb, "on_epoch_end", lambda *a: None)(epoch, model, record)
+        for hook in _hooks(run.callbacks, "on_epoch_end"):
+            hook(epoch, model, record)
         history.append(record)
         if progress:
             val_text = f", val {record['val_top1']:.2f}%" if "val_top1" in record else ""
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f}, train {record['train_top1']:.2f}%{val_text}, {record['seconds']:.0f}s")
         if save_checkpoint is not None:
-            extra = {"ema": average.state_dict()} if average is not None else {}
-            if lookahead is not None:
-                extra["lookahead"] = lookahead.state_dict()
-            save_checkpoint(TrainState(model.state_dict(), optimizer.state_dict(), epoch + 1, history, extra))
-    synced_at_end = lookahead is not None and total_steps % cfg.lookahead_steps != 0
-    if synced_at_end:  # finish on slow weights, as at every sync
-        lookahead.sync()
-    if average is not None:  # finish with the averaged weights; the last checkpoint keeps the raw ones beside them
-        model.load_state_dict(average.average)
-    if cfg.branches != "none":  # back to the original architecture; the folding measures batch-norm inputs on 8 batches
-        fold_branches(model, [x for x, _ in itertools.islice(train_loader, 8)])
+            states = {extra.state_key: extra.state_dict() for extra in (*acting, *observing)}
+            save_checkpoint(TrainState(model.state_dict(), optimizer.state_dict(), epoch + 1, history, states))
+    changed = [hook(model) for hook in _hooks(run.callbacks, "on_train_end")]  # each runs: a list, not any()
     # The last epoch's validation saw other weights than those training ends on: validate those too.
-    if (average is not None or synced_at_end) and history and val_loader is not None and len(val_loader.labels):
+    if any(changed) and history and validating:
         val = evaluate(model, val_loader, amp=cfg.amp)
         history[-1] = {**history[-1], "final_val_top1": val["top1"], "final_val_loss": val["loss"]}
     return history
+
+
+@dataclass
+class _Run:
+    """What every epoch of one training run shares."""
+
+    model: nn.Module
+    loader: DeviceLoader
+    optimizer: torch.optim.Optimizer
+    cfg: TrainConfig
+    callbacks: list
+    base_lrs: list[float]
+    steps_per_epoch: int
+    total_steps: int
+    criterion: nn.Module
+    precision: str
+
+
+def _hooks(callbacks: list, name: str) -> list[Callable[..., Any]]:
+    """The callbacks' methods called `name`, in order; a callback implements any subset of the hooks."""
+    return [getattr(cb, name) for cb in callbacks if hasattr(cb, name)]
+
+
+def _train_epoch(run: _Run, epoch: int, progress: bool, desc: str) -> dict:
+    """One pass over the training loader; the epoch's record (loss, accuracy, last lr, seconds, precision)."""
+    from tqdm import tqdm
+
+    model, cfg, device = run.model, run.cfg, run.loader.device
+    model.train()
+    for hook in _hooks(run.callbacks, "on_epoch_start"):
+        hook(epoch, model)
+    run.loader.set_epoch(epoch, crop=epoch < cfg.epochs - cfg.uncropped_final_epochs)
+    step_hooks = _hooks(run.callbacks, "on_step_end")
+    started = time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    with tqdm(total=run.steps_per_epoch, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, disable=not bars_on(progress),
+              mininterval=1) as bar:
+        for b, (x, y) in enumerate(run.loader):
+            if b >= run.steps_per_epoch:
+                break
+            factor = lr_multiplier(epoch * run.steps_per_epoch + b, run.total_steps, run.steps_per_epoch, cfg)
+            for group, base in zip(run.optimizer.param_groups, run.base_lrs):
+                group["lr"] = base * factor
+            with autocast_for(device, run.precision):
+                logits = model(x)
+                loss = run.criterion(logits, y)
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            run.optimizer.step()
+            for hook in step_hooks:
+                hook(model)
+            loss_sum += loss.detach() * y.numel()
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.numel()
+            # Checking every step costs nothing on CPU; on CUDA it would sync, so look every 50 steps there.
+            if (device.type != "cuda" or b % 50 == 0) and not torch.isfinite(loss_sum):
+                raise TrainingDiverged(f"non-finite training loss at epoch {epoch + 1}, batch {b + 1} (lr {cfg.lr * factor:.4g})")
+            bar.update(1)
+    if not torch.isfinite(loss_sum):
+        raise TrainingDiverged(f"non-finite training loss in epoch {epoch + 1}")
+    return {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(1, seen), "train_top1": 100.0 * correct.item() / max(1, seen),
+            "lr": cfg.lr * factor, "seconds": time.perf_counter() - started, "precision": run.precision}

@@ -7,7 +7,8 @@ from slimlab.config import ExperimentConfig, build_config, config_hash, load_con
 from slimlab.errors import ConfigError
 
 # Pinned: if this changes, old stores would be silently re-keyed. Change it only with a SCHEMA_VERSION bump.
-GOLDEN_DEFAULT_HASH = "cc2f496c213f97eb"
+# Schema 10 (issue 19: train.distill_weight, train.distill_mirrored and train.branches removed); was cc2f496c213f97eb.
+GOLDEN_DEFAULT_HASH = "c5bb9c60fd7ce4a2"
 
 
 def test_golden_hash_of_default_config():
@@ -49,10 +50,19 @@ def test_hash_covers_defaults_and_every_field():
 def test_schedule_limits_are_checked_against_epochs():
     with pytest.raises(ConfigError, match=r"uncropped_final_epochs \(30\) exceeds train.epochs \(20\)"):
         build_config({"train": {"uncropped_final_epochs": 30}})
-    with pytest.raises(ConfigError, match="distill_weight needs ema_decay"):
-        build_config({"train": {"distill_weight": 0.5}})
-    with pytest.raises(ConfigError, match="distill_mirrored needs distill_weight"):
-        build_config({"train": {"distill_mirrored": True}})
+
+
+@pytest.mark.parametrize("key, value, what", [("distill_weight", 0.5, "self-distillation"),
+                                              ("distill_mirrored", False, "self-distillation"),
+                                              ("branches", "none", "training branches")])
+def test_a_removed_key_gets_one_line_saying_so_even_beside_other_problems(tmp_path, key, value, what):
+    path = tmp_path / "old.yaml"
+    path.write_text(f"train:\n  epochz: 3\n  {key}: {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: train.{key}: removed in issue 19 with {what}") and "delete the key" in message
+    assert "\n" not in message
 
 
 def test_unknown_key_names_key_and_file(tmp_path):

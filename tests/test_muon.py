@@ -7,7 +7,7 @@ from torch import nn
 
 from slimlab.config import TrainConfig
 from slimlab.muon import Muon, orthogonalize, scale_invariant_parameters
-from slimlab.train import make_optimizer
+from slimlab.optimizers import make_optimizer
 
 
 @pytest.mark.parametrize("shape", [(16, 144), (144, 16), (64, 64)])

@@ -1,5 +1,5 @@
-"""The training loop's options: the weight average, Lookahead and self-distillation (their arithmetic, resuming them
-after a kill), the recipe's data options end to end, retraining configs, and bf16 on CPU."""
+"""The training loop and its extras: the weight average and Lookahead (their arithmetic, resuming them after a kill),
+the recipe's data options end to end, retraining configs that switch off what each extra declares, and bf16 on CPU."""
 import copy
 
 import pytest
@@ -11,7 +11,9 @@ from slimlab.data import ImageSplit
 from slimlab.data.loader import DeviceLoader
 from slimlab.models import create_model
 from slimlab.store import Store
-from slimlab.train import Lookahead, TrainState, WeightAverage, train
+from slimlab.extras.lookahead import Lookahead
+from slimlab.extras.weight_average import WeightAverage
+from slimlab.train import TrainState, train
 
 
 def test_weight_average_follows_its_decay_and_copies_counters():
@@ -50,7 +52,6 @@ def _loader():
 @pytest.mark.parametrize("lookahead_steps, extra", [
     (None, {}),
     (5, {}),  # 5 does not divide the 4 steps per epoch: the phase must survive
-    (5, {"distill_weight": 0.5, "distill_mirrored": True}),
     (5, {"optimizer": "muon"}),  # Muon's groups keep their own learning rates across a resume
 ])
 def test_weight_average_and_lookahead_finish_training_and_resume_exactly(lookahead_steps, extra):
@@ -71,20 +72,6 @@ def test_weight_average_and_lookahead_finish_training_and_resume_exactly(lookahe
     train(resumed, _loader(), cfg, resume=after_one, progress=False)
     for key, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
-
-
-def test_full_self_distillation_ignores_the_labels():
-    """distill_weight is the teacher's share of the loss: at 1 the labels no longer matter, below 1 they do."""
-    def final_weights(weight: float, labels_offset: int) -> torch.Tensor:
-        loader = _loader()
-        loader.labels = (loader.labels + labels_offset) % 10
-        torch.manual_seed(0)
-        model = create_model("resnet20", num_classes=10)
-        train(model, loader, TrainConfig(epochs=1, batch_size=16, lr=0.05, warmup_epochs=0, ema_decay=0.9, distill_weight=weight), progress=False)
-        return model.fc.weight.detach()
-
-    assert torch.equal(final_weights(1.0, 0), final_weights(1.0, 3))
-    assert not torch.equal(final_weights(0.5, 0), final_weights(0.5, 3))
 
 
 @pytest.mark.parametrize("finish", [{"train.ema_decay": 0.9, "train.lookahead_steps": 2},
@@ -114,11 +101,25 @@ def test_retraining_after_pruning_never_averages_and_ends_uncropped_like_its_par
     rewind = retrain_config(parent, "weight_rewind", finetune_epochs=1, finetune_lr=0.01)
     assert rewind.ema_decay is None and rewind.uncropped_final_epochs == 2 and rewind.epochs == 20
     assert finetune.lr == 0.01 and finetune.muon_lr == pytest.approx(parent.muon_lr * 0.01 / parent.lr)  # Muon scaled alike
-    with_copies = TrainConfig(epochs=20, lookahead_steps=5, ema_decay=0.998, distill_weight=0.5, distill_mirrored=True)
+    with_copies = TrainConfig(epochs=20, lookahead_steps=5, ema_decay=0.998, optimizer="muon")
     for after_round in ("finetune", "weight_rewind"):
         retrain = retrain_config(with_copies, after_round, finetune_epochs=1, finetune_lr=0.01)
-        assert retrain.lookahead_steps is None and retrain.distill_weight == 0
+        assert retrain.lookahead_steps is None and retrain.ema_decay is None and retrain.optimizer == "muon"
         TrainConfig.model_validate(retrain.model_dump())  # still a valid config, as QAT builds its own by validation
+
+
+def test_what_fine_tuning_switches_off_comes_from_each_extras_own_declaration(monkeypatch):
+    """A new extra that keeps a copy of the weights is switched off for retraining by its declaration alone."""
+    from slimlab import extras
+    from slimlab.prune.lottery import retrain_config
+    from slimlab.train import fine_tuning_overrides
+
+    assert fine_tuning_overrides(TrainConfig()) == {"ema_decay": None, "lookahead_steps": None}
+    extras.extras()  # the built-in extras first, so the patched registry keeps them
+    monkeypatch.setitem(extras._REGISTRY, "copycat", extras.Extra(lambda c: None, False, {"label_smoothing": 0.0}, False))
+    monkeypatch.setitem(extras._REGISTRY, "harmless", extras.Extra(lambda c: None, True, {"nesterov": False}, False))
+    retrain = retrain_config(TrainConfig(label_smoothing=0.1), "lr_rewind", finetune_epochs=1, finetune_lr=0.01)
+    assert retrain.label_smoothing == 0.0 and retrain.nesterov  # switched off / left alone, as each declared
 
 
 def test_cpu_bf16_trains_in_bf16_where_the_cpu_has_it_and_says_what_it_used(monkeypatch):

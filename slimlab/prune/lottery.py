@@ -10,7 +10,7 @@ from slimlab.config import TrainConfig
 from slimlab.data.loader import DeviceLoader
 from slimlab.errors import ConfigError
 from slimlab.prune.unstructured import Masks, apply_masks_
-from slimlab.train import FRESH_TRAINING_ONLY, peak_rates, train
+from slimlab.train import fine_tuning_overrides, peak_rates, train
 
 State = dict[str, torch.Tensor]
 AfterRound = Literal["finetune", "lr_rewind", "weight_rewind", "none"]
@@ -65,15 +65,15 @@ def random_masks_like(masks: Masks, seed: int) -> Masks:
 
 def retrain_config(train_cfg: TrainConfig, after_round: AfterRound, finetune_epochs: int, finetune_lr: float) -> TrainConfig:
     """Training after a pruning round: the original schedule for both rewindings (Renda et al. 2020), a small constant lr to fine-tune.
-    No weight averaging, Lookahead or self-distillation: an average, Lookahead's slow weights or a teacher made of
-    them would bring back weights that a mask removed during the round. A fine-tune is the end of training, so it ends
-    on uncropped images as the parent did."""
+    No extra that keeps its own copy of the weights (an average, Lookahead's slow weights): it would bring back
+    weights that a mask removed during the round; each extra says so itself (`fine_tuning_overrides`). A fine-tune
+    is the end of training, so it ends on uncropped images as the parent did."""
     if after_round == "finetune":
         return train_cfg.model_copy(update={"epochs": finetune_epochs, **peak_rates(train_cfg, finetune_lr), "schedule": "constant", "warmup_epochs": 0.0,
-                                            **FRESH_TRAINING_ONLY,
+                                            **fine_tuning_overrides(train_cfg),
                                             "uncropped_final_epochs": min(train_cfg.uncropped_final_epochs, finetune_epochs)})
     if after_round in ("lr_rewind", "weight_rewind"):
-        return train_cfg.model_copy(update=FRESH_TRAINING_ONLY)
+        return train_cfg.model_copy(update=fine_tuning_overrides(train_cfg))
     raise ConfigError(f"after_round {after_round!r} does not retrain; choose finetune, lr_rewind or weight_rewind")
 
 

@@ -25,7 +25,7 @@ from slimlab.quantize.qconfigs import EAGER_BACKENDS
 from slimlab.quantize.reduced_float import to_reduced_float
 from slimlab.quantize.static import quantize_static
 from slimlab.quantize.torch_engine import float_reference, graph_mode
-from slimlab.train import FRESH_TRAINING_ONLY, peak_rates, train
+from slimlab.train import fine_tuning_overrides, peak_rates, train
 
 if TYPE_CHECKING:
     from slimlab.steps import StepContext
@@ -157,7 +157,7 @@ def _quantization_aware_training(model: nn.Module, cfg: QuantizeStepConfig, cont
     # Fine-tuning, not training: a small peak rate decaying to zero, no warm-up; fake quantization runs in fp32.
     train_cfg = TrainConfig.model_validate({**base.model_dump(), "epochs": cfg.qat_epochs, **peak_rates(base, cfg.qat_lr), "warmup_epochs": 0.0,
                                             "schedule": "cosine", "final_lr_fraction": 0.0, "amp": False, "cpu_bf16": False,
-                                            **FRESH_TRAINING_ONLY,  # no averaging of fake-quant observers
+                                            **fine_tuning_overrides(base),  # no averaging of fake-quant observers
                                             # QAT ends training, so it ends on uncropped images as the float model did
                                             "uncropped_final_epochs": min(base.uncropped_final_epochs, cfg.qat_epochs)})
     val = context.calibration_loader(context.config.measure.eval_batch_size) if len(context.data.val) else None
