@@ -10,10 +10,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slimlab.errors import ConfigError
-from slimlab.extras.lookahead import LookaheadFields
-from slimlab.extras.weight_average import WeightAverageFields
+from slimlab.extras import plugin_fields
 from slimlab.fingerprint import content_fingerprint
-from slimlab.optimizers.muon import MuonFields
 
 # Bump whenever a field is added, removed or changes meaning: the run id changes with it, so old results
 # are never silently reused under a new meaning (a golden-hash test pins the current value).
@@ -86,8 +84,9 @@ class ModelConfig(Strict):
         return v
 
 
-# The extras' and optimizers' own fields, declared in their files and composed here as flat `train:` keys.
-class TrainConfig(Strict, MuonFields, LookaheadFields, WeightAverageFields):
+# The extras' and optimizers' own fields, declared in their files (classes named ...Fields) and composed here as flat
+# `train:` keys: a new extra or optimizer brings its keys without an edit here.
+class TrainConfig(Strict, *plugin_fields("slimlab.extras"), *plugin_fields("slimlab.optimizers")):
     epochs: int = Field(20, ge=0)
     batch_size: int = Field(128, gt=0)
     optimizer: str = Field("sgd", description="a registered optimizer (slimlab/optimizers/): sgd, or muon: convolution "

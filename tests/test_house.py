@@ -100,3 +100,23 @@ def test_config_names_no_registry_package_at_import_time():
     assert "slimlab.errors" in top  # the check sees module-level imports
     fillers = ("slimlab.data", "slimlab.models", "slimlab.steps", "slimlab.prune", "slimlab.quantize", "slimlab.train")
     assert not [m for m in top if m.startswith(fillers)], top
+
+
+@pytest.mark.parametrize("folder", ["prune", "quantize"])
+def test_compression_steps_name_no_extra_and_ask_their_declarations(folder):
+    from slimlab.extras import extras
+
+    keys = {key for extra in extras().values() for key in extra.off}
+    assert keys  # the weight average and Lookahead at least
+    naming = [(path.name, key) for path in (PACKAGE / folder).rglob("*.py") for key in keys if key in path.read_text()]
+    assert not naming, naming
+
+
+def test_config_keeps_no_list_of_extras():
+    """TrainConfig takes the extras' and optimizers' fields from their packages, not from a list of imports."""
+    from slimlab.config import TrainConfig
+    from slimlab.extras import extras
+
+    assert {"lookahead_steps", "ema_decay", "muon_lr"} <= set(TrainConfig.model_fields)
+    source = (PACKAGE / "config.py").read_text()
+    assert not [name for name in extras() if f"extras.{name}" in source]

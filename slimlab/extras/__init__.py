@@ -59,6 +59,18 @@ def extras() -> dict[str, Extra]:
     return dict(_REGISTRY)
 
 
+def plugin_fields(package: str) -> tuple[type, ...]:
+    """The config-field classes (`...Fields`, pydantic) that the modules of a plug-in package define: TrainConfig is
+    composed from them, so an extra or optimizer that brings a key needs no edit anywhere else."""
+    root = importlib.import_module(package)
+    found = []
+    for info in pkgutil.iter_modules(root.__path__):
+        module = importlib.import_module(f"{package}.{info.name}")
+        found += [value for name, value in vars(module).items()
+                  if name.endswith("Fields") and isinstance(value, type) and value.__module__ == module.__name__]
+    return tuple(found)
+
+
 def build_extras(context: ExtraContext) -> tuple[list, list]:
     """The callbacks of the extras the config switches on: (those that change the weights, those that observe them)."""
     acting, observing = [], []
