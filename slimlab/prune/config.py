@@ -1,10 +1,12 @@
-"""The `prune` step's config: method, scope, amount, schedule, what follows each round, controls, layer selection."""
+"""The `prune` step's config: method (a name in the method registry), scope, amount, schedule, what follows each round,
+controls, layer selection."""
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from slimlab.prune.methods import get_method
 from slimlab.prune.selection import LayerFilter
 
 
@@ -13,7 +15,7 @@ class PruneStepConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
-    method: Literal["l1", "random", "ln_structured"] = "l1"
+    method: str = Field("l1", description="a name in slimlab.prune.methods' registry (docs/pruning.md lists them)")
     scope: Literal["local", "global"] = "local"
     amount: float = Field(0.5, ge=0, lt=1, description="final fraction of the selected weights (or channels) removed")
     rounds: int = Field(1, ge=1, description="iterative: pruning rounds; gradual: pruning events during training")
@@ -25,6 +27,7 @@ class PruneStepConfig(BaseModel):
                             "or a random mask with the same per-layer sparsity (random_mask)")
     finetune_epochs: int = Field(1, ge=1)
     finetune_lr: float = Field(0.01, gt=0)
+    gradient_batches: int = Field(8, ge=1, description="taylor: training batches whose |w * dL/dw| is averaged")
     norm: float = Field(1.0, ge=1, description="ln_structured: the n of the Ln norm ranking channels")
     residual_channels: bool = Field(True, description="ln_structured: also prune channels tied across residual adds, as one group")
     round_to: int = Field(1, ge=1, description="ln_structured: keep channel counts at multiples of this")
@@ -34,6 +37,12 @@ class PruneStepConfig(BaseModel):
     layer_types: list[Literal["conv", "linear"]] = Field(default_factory=lambda: ["conv", "linear"], min_length=1)
     include: list[str] = Field(default_factory=lambda: ["*"], min_length=1, description="module-name globs to prune")
     exclude: list[str] = Field(default_factory=list, description="module-name globs never pruned")
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        get_method(name)  # one line listing the registered names otherwise
+        return name
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -48,10 +57,15 @@ class PruneStepConfig(BaseModel):
                              "use schedule 'iterative'")
         if self.schedule == "gradual" and self.after_round == "none":
             raise ValueError("gradual pruning happens during training; set after_round to finetune, lr_rewind or weight_rewind")
-        if self.method == "ln_structured" and (self.after_round == "weight_rewind" or self.control != "none" or self.schedule == "gradual"):
-            raise ValueError("ln_structured removes channels, so weight_rewind, controls and the gradual schedule "
+        if self.structured and (self.after_round == "weight_rewind" or self.control != "none" or self.schedule == "gradual"):
+            raise ValueError(f"{self.method} removes channels, so weight_rewind, controls and the gradual schedule "
                              "(which need masks) do not apply")
         return self
+
+    @property
+    def structured(self) -> bool:
+        """Whether the method removes whole channels (a smaller dense model) rather than zeroing single weights."""
+        return get_method(self.method).kind == "structured"
 
     def layer_filter(self) -> LayerFilter:
         """The layer selection as the verbs take it."""

@@ -18,9 +18,10 @@ from slimlab.prune.footprint import footprint
 from slimlab.prune.schedules import GradualPruning, PruneFn, amount_to_reach, iterative_targets
 from slimlab.prune.selection import select_layers
 from slimlab.prune.sparse_io import save_sparse, storage_report
-from slimlab.prune.structured import prune_ln_structured_
+from slimlab.prune.methods import PruneContext
+from slimlab.prune.structured import prune_structured_
 from slimlab.prune.unstructured import (Masks, MaskKeeper, apply_masks_, current_masks, layer_sparsity, mask_sparsity,
-                                        prune_l1_unstructured_, prune_random_unstructured_)
+                                        prune_unstructured_)
 from slimlab.train import evaluate, train
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ def apply_prune(model: nn.Module, cfg: PruneStepConfig, context: StepContext) ->
         context.notes["prune_latency_before_after"] = ("not timed: the run executed beside others; compare its latency_b* "
                                                        "(timed alone) with the dense run of the same parent")
     before = footprint(model, example, measure, lambda b: context.example(b, context.data.device))
-    if cfg.method == "ln_structured":
+    if cfg.structured:
         sparsity, layers = _structured_rounds(model, cfg, context, example)
     else:
         sparsity, layers = _unstructured_rounds(model, cfg, context)
@@ -60,7 +61,7 @@ def apply_prune(model: nn.Module, cfg: PruneStepConfig, context: StepContext) ->
     m["prune_dense_bytes"], m["prune_sparse_bytes"] = sizes["dense_bytes"], sizes["sparse_bytes"]
     m["prune_sparse_to_dense"] = sizes["sparse_to_dense"]
     context.artifacts["prune_layers.json"] = json.dumps(layers, indent=1, sort_keys=True).encode()
-    if cfg.method != "ln_structured":
+    if not cfg.structured:
         context.artifacts["model_sparse.bin"] = save_sparse(model)
         context.notes["prune_latency"] = ("unstructured sparsity on dense kernels: no speedup expected; the latency_* figures "
                                           "time the same dense convolutions with zeros in them")
@@ -74,13 +75,11 @@ def apply_prune(model: nn.Module, cfg: PruneStepConfig, context: StepContext) ->
 
 def _unstructured_rounds(model: nn.Module, cfg: PruneStepConfig, context: StepContext) -> tuple[float, dict]:
     select = cfg.layer_filter()
-    calls = itertools.count()  # a new seed per random prune, so rounds do not redraw the same scores
+    calls = itertools.count()  # a new seed per prune, so rounds of a random method do not redraw the same scores
 
     def prune(target_model: nn.Module, amount: float, masks: Masks | None) -> Masks:
-        if cfg.method == "random":
-            seed = context.config.seed + RANDOM_SEED_OFFSET + next(calls)
-            return prune_random_unstructured_(target_model, amount, cfg.scope, select, masks, seed=seed)
-        return prune_l1_unstructured_(target_model, amount, cfg.scope, select, masks)
+        score_context = _score_context(target_model, cfg, context, context.config.seed + RANDOM_SEED_OFFSET + next(calls))
+        return prune_unstructured_(target_model, amount, cfg.method, cfg.scope, select, masks, score_context)
 
     masks = current_masks(model, select)
     start = _rewind_state(model, cfg, context) if cfg.after_round == "weight_rewind" else None
@@ -150,8 +149,8 @@ def _structured_rounds(model: nn.Module, cfg: PruneStepConfig, context: StepCont
     channels_total = None
     removed, log, groups = 0.0, [], []
     for r, target in enumerate(iterative_targets(cfg.amount, cfg.rounds), 1):
-        groups = prune_ln_structured_(model, amount_to_reach(removed, target), example, cfg.scope, cfg.norm, select,
-                                      cfg.residual_channels, cfg.round_to)
+        groups = prune_structured_(model, amount_to_reach(removed, target), example, cfg.method, cfg.scope, select,
+                                   cfg.residual_channels, cfg.round_to, _score_context(model, cfg, context, context.config.seed))
         channels_total = channels_total or sum(g.before for g in groups)
         removed = 1 - sum(g.after for g in groups) / channels_total
         if context.config.train.channels_last and example.dim() == 4:
@@ -165,6 +164,13 @@ def _structured_rounds(model: nn.Module, cfg: PruneStepConfig, context: StepCont
               "groups": [{"producers": list(g.producers), "residual": g.residual, "channels_after_last_round": g.after} for g in groups]}
     context.metrics["prune_channels_removed"] = removed
     return log[-1]["sparsity"], report
+
+
+def _score_context(model: nn.Module, cfg: PruneStepConfig, context: StepContext, seed: int) -> PruneContext:
+    """What a method's score may read: training batches (augmented, as training sees them) and the training loss."""
+    loss = nn.CrossEntropyLoss(label_smoothing=context.config.train.label_smoothing)
+    return PruneContext(model=model, batches=context.train_loader, loss=loss, max_batches=cfg.gradient_batches, seed=seed,
+                        norm=cfg.norm)
 
 
 def _train_config(cfg: PruneStepConfig, context: StepContext) -> TrainConfig:

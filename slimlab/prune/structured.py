@@ -1,4 +1,4 @@
-"""Structured pruning: whole channels ranked by Ln norm, physically removed so the model becomes a smaller dense one."""
+"""Structured pruning: whole channels ranked by a registered importance, physically removed so the model becomes a smaller dense one."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,6 +8,7 @@ from torch import nn
 
 from slimlab.errors import ConfigError, SlimlabError
 from slimlab.prune.channel_groups import ChannelGroup, find_channel_groups
+from slimlab.prune.methods import PruneContext, get_method
 from slimlab.prune.selection import LayerFilter, select_layers
 from slimlab.prune.unstructured import Scope
 
@@ -22,14 +23,16 @@ class PrunedGroup:
     after: int
 
 
-def prune_ln_structured_(model: nn.Module, amount: float, example_inputs: torch.Tensor | tuple | None = None,
-                         scope: Scope = "local", norm: float = 1.0, select: LayerFilter | None = None,
-                         residual_channels: bool = True, round_to: int = 1) -> list[PrunedGroup]:
-    """Remove the `amount` fraction of channels with the smallest Ln norm from every prunable group (local) or overall (global).
+def prune_structured_(model: nn.Module, amount: float, example_inputs: torch.Tensor | tuple | None = None,
+                      method: str = "ln_structured", scope: Scope = "local", select: LayerFilter | None = None,
+                      residual_channels: bool = True, round_to: int = 1, context: PruneContext | None = None) -> list[PrunedGroup]:
+    """Remove the `amount` fraction of channels that the registered structured `method` scores lowest, from every
+    prunable group (local) or overall (global).
 
     A group is pruned only when all layers producing its channels are selected: a spared layer keeps its output channels.
     Returns each pruned group's channel counts; `example_inputs` defaults to one 32x32 image for the first convolution.
     """
+    chosen = get_method(method, "structured")
     if not 0 <= amount < 1:
         raise ConfigError(f"amount must be a fraction in [0, 1) of the channels, got {amount}")
     if scope not in ("local", "global"):
@@ -42,7 +45,12 @@ def prune_ln_structured_(model: nn.Module, amount: float, example_inputs: torch.
               if g.prunable and set(g.producers) <= selected and (residual_channels or not g.residual)]
     if not groups:
         raise ConfigError(f"no channel group of {type(model).__name__} can be pruned with this selection")
-    scores = [_group_importance(model, g, norm) for g in groups]
+    context = context if context is not None else PruneContext(model=model)
+    if chosen.needs_batches and context.batches is None:
+        raise ConfigError(f"method {method!r} scores channels by their gradients: pass context=PruneContext(model, batches=...)")
+    producers = {f"{name}.weight": model.get_submodule(name).weight for g in groups for name in g.producers}
+    channel_scores = chosen.score(producers, context)
+    scores = [_group_importance(g, channel_scores) for g in groups]
     keep_counts = _keep_counts(groups, scores, amount, scope, round_to)
     out_keep: dict[str, torch.Tensor] = {}
     in_keep: dict[str, torch.Tensor] = {}
@@ -57,6 +65,14 @@ def prune_ln_structured_(model: nn.Module, amount: float, example_inputs: torch.
     return [PrunedGroup(tuple(g.producers), g.residual, g.size, k) for g, k in zip(groups, keep_counts)]
 
 
+def prune_ln_structured_(model: nn.Module, amount: float, example_inputs: torch.Tensor | tuple | None = None,
+                         scope: Scope = "local", norm: float = 1.0, select: LayerFilter | None = None,
+                         residual_channels: bool = True, round_to: int = 1) -> list[PrunedGroup]:
+    """Remove the `amount` fraction of channels with the smallest Ln norm from every prunable group (local) or overall (global)."""
+    return prune_structured_(model, amount, example_inputs, "ln_structured", scope, select, residual_channels, round_to,
+                             PruneContext(model=model, norm=norm))
+
+
 def default_example_input(model: nn.Module) -> torch.Tensor:
     """A 32x32 image batch of one for the first convolution's input channels (CIFAR-sized models); pass your own otherwise."""
     first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
@@ -66,17 +82,14 @@ def default_example_input(model: nn.Module) -> torch.Tensor:
     return torch.randn(1, first.in_channels, 32, 32, device=device)
 
 
-def _group_importance(model: nn.Module, group: ChannelGroup, norm: float) -> torch.Tensor:
-    """Per channel, the Ln norm of each producing filter divided by (filter size)^(1/n), averaged over the group's producers.
-
-    Within a group this ranks exactly as the plain Ln norm. Across groups (global scope) it compares the typical weight
-    magnitude, as one global threshold does for single weights; raw norms would grow with fan-in and empty narrow layers first.
-    """
+def _group_importance(group: ChannelGroup, channel_scores: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per channel, the method's score averaged over the group's producers: tied channels stay or go together."""
     total = torch.zeros(group.size)
     for name in group.producers:
-        weight = model.get_submodule(name).weight.detach().float().cpu()
-        rows = weight.reshape(weight.shape[0], -1)
-        total += rows.norm(p=norm, dim=1) / rows.shape[1] ** (1 / norm)
+        score = channel_scores.get(f"{name}.weight")
+        if score is None or score.shape != (group.size,):
+            raise ConfigError(f"the structured score gave no {group.size} per-channel values for {name}; return one per output channel")
+        total += score.detach().float().cpu()
     return total / len(group.producers)
 
 

@@ -1,12 +1,14 @@
-"""Unstructured pruning: L1-magnitude and random masks (plain bool tensors, folded into the weights) and the mask keeper."""
+"""Unstructured pruning by any registered score (plain bool masks, folded into the weights) and the mask keeper."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Literal
 
 import torch
 from torch import nn
 
 from slimlab.errors import ConfigError
+from slimlab.prune.methods import PruneContext, get_method
 from slimlab.prune.selection import LayerFilter, select_layers
 
 Masks = dict[str, torch.Tensor]  # parameter name ("layer1.0.conv1.weight") -> bool tensor, True = kept
@@ -26,21 +28,36 @@ def apply_masks_(model: nn.Module, masks: Masks) -> None:
         param.mul_(mask.to(param.device))
 
 
+def prune_unstructured_(model: nn.Module, amount: float, method: str = "l1", scope: Scope = "local",
+                        select: LayerFilter | None = None, masks: Masks | None = None, context: PruneContext | None = None,
+                        **context_fields) -> Masks:
+    """Zero the `amount` fraction of surviving weights that the registered `method` scores lowest, per layer or across
+    layers; returns masks. A method that needs data reads it from `context` (or from keyword fields of one: batches,
+    loss, max_batches, seed), e.g. prune_unstructured_(model, 0.8, "taylor", batches=[(x, y)])."""
+    chosen = get_method(method, "unstructured")
+    if context is None:
+        context = PruneContext(model=model, **context_fields)
+    elif context_fields:
+        context = replace(context, **context_fields)
+    if chosen.needs_batches and context.batches is None:
+        raise ConfigError(f"method {method!r} scores weights by their gradients: pass batches=[(inputs, targets), ...]")
+    return _prune_by_score_(model, amount, scope, select, masks, lambda weights: chosen.score(weights, context))
+
+
 def prune_l1_unstructured_(model: nn.Module, amount: float, scope: Scope = "local", select: LayerFilter | None = None,
                            masks: Masks | None = None) -> Masks:
     """Zero the `amount` fraction of surviving weights with the smallest magnitude, per layer or across layers; returns masks."""
-    return _prune_by_score_(model, amount, scope, select, masks, lambda w, _: w.detach().abs().float())
+    return prune_unstructured_(model, amount, "l1", scope, select, masks)
 
 
 def prune_random_unstructured_(model: nn.Module, amount: float, scope: Scope = "local", select: LayerFilter | None = None,
                                masks: Masks | None = None, seed: int = 0) -> Masks:
     """Zero a uniformly random `amount` fraction of surviving weights, per layer or across layers; returns masks."""
-    generator = torch.Generator().manual_seed(seed)
-    return _prune_by_score_(model, amount, scope, select, masks, lambda w, _: torch.rand(w.shape, generator=generator).to(w.device))
+    return prune_unstructured_(model, amount, "random", scope, select, masks, seed=seed)
 
 
 def _prune_by_score_(model: nn.Module, amount: float, scope: Scope, select: LayerFilter | None, masks: Masks | None,
-                     score: Callable[[torch.Tensor, str], torch.Tensor]) -> Masks:
+                     score: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]) -> Masks:
     if not 0 <= amount <= 1:
         raise ConfigError(f"amount must be a fraction between 0 and 1, got {amount}")
     if scope not in ("local", "global"):
@@ -51,8 +68,16 @@ def _prune_by_score_(model: nn.Module, amount: float, scope: Scope, select: Laye
     missing = set(weights) - set(old)
     if missing:
         raise ConfigError(f"masks lack selected layers {sorted(missing)[:3]}; pass the masks of the same selection")
+    if amount == 0:  # nothing to drop: spare a data-driven score its gradient passes
+        new = {n: old[n].to(w.device) for n, w in weights.items()}
+        apply_masks_(model, new)
+        return new
+    raw = score(weights)
+    wrong = [n for n, w in weights.items() if n not in raw or raw[n].shape != w.shape]
+    if wrong:
+        raise ConfigError(f"the pruning score gave no score of the weight's shape for {wrong[0]}; return one per weight")
     # Pruning happens among survivors only: already-pruned weights score +inf, so masks can only shrink.
-    scores = {n: score(w, n).masked_fill(~old[n].to(w.device), float("inf")) for n, w in weights.items()}
+    scores = {n: raw[n].float().masked_fill(~old[n].to(raw[n].device), float("inf")) for n in weights}
     new: Masks = {}
     if scope == "local":
         for n, s in scores.items():
