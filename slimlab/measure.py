@@ -9,7 +9,6 @@ import statistics
 import subprocess
 import threading
 import time
-import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -46,8 +45,7 @@ _WRITER_RECORDS = {".data/serialization_id", ".data/version", "version", "byteor
 
 def _trace_and_save(model: nn.Module, example: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
+    with torch.no_grad():  # TorchScript's own warnings (tracer, deprecation) are the user's to see
         torch.jit.save(torch.jit.trace(model, example, check_trace=False), buffer)
     return buffer.getvalue()
 

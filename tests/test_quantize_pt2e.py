@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import copy
+import math
+import re
 import subprocess
 import sys
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import slimlab
-from slimlab.config import TrainConfig
+from slimlab.config import TrainConfig, build_config
 from slimlab.data.loader import DeviceLoader
 from slimlab.data.synthetic import make_synthetic
 from slimlab.quantize import QATConfig, QATSchedule, StaticConfig, convert_qat, prepare_qat, quantize_static
@@ -155,4 +159,144 @@ def test_quantization_restores_the_engine_setting(resnet, batches):
         finally:
             torch.backends.quantized.engine = "x86"
     slimlab.quantize.quantize_dynamic_(copy.deepcopy(resnet), slimlab.quantize.DynamicConfig(engine="fbgemm"))
+    assert torch.backends.quantized.engine == "x86"
+
+
+RELOAD_WITHOUT_SLIMLAB = """
+import sys, torch
+import torch.ao.quantization.fx._decomposed  # part of torch: registers the quantize/dequantize ops the program calls
+program = torch.export.load(sys.argv[1] + '/model.pt2').module()
+torch.save(program(torch.load(sys.argv[1] + '/x.pt')), sys.argv[1] + '/y.pt')
+assert not [m for m in sys.modules if m.split('.')[0] in ('slimlab', 'torchao')], 'imported slimlab or torchao'
+"""
+
+
+def _qat_user_model(model: nn.Module, batches: list[torch.Tensor]) -> PT2EModule:
+    """PT2E QAT on `model` through slimlab's training loop, a few steps on synthetic images."""
+    split = make_synthetic(32, 10, SIZE, 3, seed=2)
+    loader = DeviceLoader(split, 16, (0.3,) * 3, (0.25,) * 3, shuffle=True)
+    prepared = prepare_qat(model, QATConfig(engine="pt2e"), batches[0])
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=0.01, warmup_epochs=0, label_smoothing=0, device="cpu", channels_last=False)
+    train(prepared, loader, cfg, progress=False, callbacks=[QATSchedule(1, 1)])
+    return convert_qat(prepared)
+
+
+@pytest.mark.parametrize("method", ["ptq", "qat"])
+def test_user_model_file_reloads_in_a_fresh_process_without_slimlab(method, batches, tmp_path):
+    torch.manual_seed(0)
+    model = ConcatDepthwise().eval()
+    quantized = (quantize_static(model, StaticConfig(engine="pt2e", observer="histogram"), batches[:2]) if method == "ptq"
+                 else _qat_user_model(model, batches))
+    assert [r["weight_dtype"] for r in quantized.layer_rows()] == ["int8"] * 4
+    x = batches[2][:5]  # not the exported batch of 4: the batch dimension must have stayed dynamic
+    with torch.no_grad():
+        reference = quantized.program(x)
+    assert _sqnr(model, quantized.program, x) > (MIN_SQNR_DB if method == "ptq" else 10.0)  # QAT moved the weights
+    blob, fmt = quantized.deployable(x[:1])
+    (tmp_path / "model.pt2").write_bytes(blob)
+    torch.save(x, tmp_path / "x.pt")
+    subprocess.run([sys.executable, "-c", RELOAD_WITHOUT_SLIMLAB, str(tmp_path)], check=True, cwd=tmp_path)
+    assert fmt == "torch.export" and torch.equal(torch.load(tmp_path / "y.pt"), reference)
+    assert torch.backends.quantized.engine == "x86"
+
+
+DEPRECATION = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def test_pt2e_path_and_its_file_emit_no_deprecation_warning(batches, tmp_path):
+    # torch.utils.mkldnn, which torchao's quantizer imports, decorates with the deprecated torch.jit.script_method when
+    # first imported: torch's own code, before slimlab does anything. Imported here first, so the check below sees
+    # only what quantizing, converting, saving and loading emit.
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer  # noqa: F401
+
+    torch.manual_seed(0)
+    model = ConcatDepthwise().eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ptq = quantize_static(model, StaticConfig(engine="pt2e", observer="minmax"), batches[:1])
+        qat = convert_qat(prepare_qat(model, QATConfig(engine="pt2e"), batches[0]))
+        (tmp_path / "model.pt2").write_bytes(ptq.deployable(batches[0][:1])[0])
+        loaded = slimlab.quantize.load_program(tmp_path / "model.pt2", compiled=False)
+        with torch.no_grad():
+            assert torch.equal(loaded(batches[1]), ptq.program(batches[1])) and qat.program(batches[1]).shape == (16, 10)
+    deprecations = [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught if issubclass(w.category, DEPRECATION)]
+    assert deprecations == []
+
+
+SILENCING = re.compile(r"(simplefilter|filterwarnings)\(\s*['\"]ignore|catch_warnings\(\s*\)")
+
+
+def test_no_warning_is_silenced_in_slimlab():
+    """torch.ao, TorchScript and the legacy ONNX exporter warn that they are deprecated; slimlab must let users see it."""
+    package = Path(slimlab.__file__).parent
+    silenced = [f"{path.relative_to(package)}:{n}" for path in package.rglob("*.py")
+                for n, line in enumerate(path.read_text().splitlines(), 1) if SILENCING.search(line)]
+    assert silenced == []
+    assert SILENCING.search('warnings.simplefilter("ignore")') and SILENCING.search("with warnings.catch_warnings():")
+    pytest_options = (package.parent / "pyproject.toml").read_text().split("[tool.pytest.ini_options]")[-1]
+    assert "ignore:" not in pytest_options  # nor hidden from the test suite
+
+
+def test_auto_picks_by_measured_latency(resnet, batches, monkeypatch):
+    """The same models, two sets of timings: the pick follows the timings, not a fixed preference."""
+    from slimlab import measure
+    from slimlab.quantize.onnx_runtime import OnnxRuntimeModule
+
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(auto, "available_engines", lambda: ["x86", "onnxruntime"])  # no compilation in this test
+    picks = {}
+    for fast in ("x86", "onnxruntime"):
+        def timed(model, example, *args, fast=fast, **kwargs):
+            engine = "onnxruntime" if isinstance(model, OnnxRuntimeModule) else "x86"
+            return {"median_ms": example.shape[0] * (1.0 if engine == fast else 2.0)}
+
+        monkeypatch.setattr(measure, "measure_latency", timed)
+        config = StaticConfig(engine="auto", observer="minmax", auto_batch_sizes=(1, 8), auto_tolerance_db=100.0)
+        selection = quantize_static(resnet, config, batches[:1]).engine_selection
+        assert selection["candidates"][fast]["latency_ms"] == {1: 1.0, 8: 8.0}
+        picks[fast] = selection["chosen"]
+        assert torch.backends.quantized.engine == "x86"
+    assert picks == {"x86": "x86", "onnxruntime": "onnxruntime"}
+
+
+def test_default_engine_is_one_constant():
+    from slimlab.quantize.configs import DEFAULT_ENGINE
+    from slimlab.quantize import QuantizeStepConfig
+
+    assert StaticConfig().engine == QATConfig().engine == QuantizeStepConfig().engine == DEFAULT_ENGINE
+    assert QuantizeStepConfig(method="dynamic").engine == "x86"  # only torch.ao has dynamic kernels, whatever the default
+    assert QuantizeStepConfig(method="dynamic", engine="qnnpack").engine == "qnnpack"
+
+
+@pytest.fixture(scope="module")
+def pt2e_runs(tmp_path_factory) -> dict:
+    """One static PTQ and one QAT run through slimlab.run, sharing the store and so the trained parent; latency timed
+    at batch 2 only, so each compiled model (float and int8) compiles once."""
+    store = tmp_path_factory.mktemp("store")
+    base = {"data": {"name": "synthetic", "val_size": 32, "test_subset": 32,
+                     "options": {"train_size": 64, "test_size": 32, "size": SIZE}},
+            "model": {"name": "resnet20"},
+            "train": {"epochs": 1, "batch_size": 32, "device": "cpu", "warmup_epochs": 0},
+            "measure": {"batch_sizes": [2], "warmup": 1, "repeats": 5, "threads": 1, "energy": False, "eval_batch_size": 32}}
+    step = {"kind": "quantize", "engine": "pt2e", "observer": "minmax", "calibration_batches": 1,
+            "calibration_batch_size": 16, "qat_epochs": 1, "layer_table_batches": 1}
+    runs = {}
+    for method in ("static", "qat"):
+        record = slimlab.run(build_config({**base, "steps": [{**step, "method": method}]}), store=store, progress=False)
+        runs[method] = (record, store / "runs" / record.id)
+    return runs
+
+
+@pytest.mark.parametrize("method", ["static", "qat"])
+def test_pt2e_step_through_run_records_the_deployable_file_and_both_float_baselines(pt2e_runs, method):
+    record, folder = pt2e_runs[method]
+    assert record.status == "done", record.error
+    m, notes = record.metrics, record.notes
+    assert notes["model_format"] == "torch.export" and m["model_size_bytes"] == (folder / "model.pt2").stat().st_size
+    assert not (folder / "model.pt").exists()
+    assert math.isfinite(m["top1"] - m["float_top1"]) and m["quant_layers_quantized"] == 22
+    for baseline in ("eager", "compiled"):
+        base = m[f"float_{baseline}_latency_b2_median_ms"]
+        assert base > 0 and m[f"speedup_b2_vs_float_{baseline}"] == pytest.approx(base / m["latency_b2_median_ms"])
+    assert "PT2E" in notes["quant_method"] and "torch.compile with inductor freezing" in notes["float_baselines"]
     assert torch.backends.quantized.engine == "x86"

@@ -1,8 +1,6 @@
 """Dynamic quantization: int8 (or fp16) weights, activations quantized at run time; Linear and recurrent layers only."""
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
 from torch.ao.quantization import default_dynamic_qconfig, float16_dynamic_qconfig, quantize_dynamic
@@ -22,7 +20,6 @@ def quantize_dynamic_(model: nn.Module, config: DynamicConfig) -> nn.Module:
     qconfig = default_dynamic_qconfig if config.dtype == "int8" else float16_dynamic_qconfig
     chosen = {name: qconfig for name, m in model.named_modules()
               if isinstance(m, DYNAMIC_LAYERS) and not matches(name, skipped)}
-    with warnings.catch_warnings(), quantized_engine(config.engine):
-        warnings.simplefilter("ignore")  # torch.ao's deprecation notice
+    with quantized_engine(config.engine):  # torch.ao's deprecation warning is the user's to see
         quantize_dynamic(model, qconfig_spec=chosen, dtype=torch.qint8 if config.dtype == "int8" else torch.float16, inplace=True)
     return pin_engine(model, config.engine)

@@ -5,7 +5,6 @@ import contextlib
 import io
 import math
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -22,10 +21,16 @@ WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
-    """The float model as ONNX (TorchScript-based exporter, BN folded in eval mode, batch dimension dynamic)."""
+    """The float model as ONNX (TorchScript-based exporter, BN folded in eval mode, batch dimension dynamic).
+
+    Not the current exporter (`dynamo=True`), for three reasons found with torch 2.13, onnxscript 0.7.2, onnx 1.23 and
+    onnxruntime 1.32: it needs onnxscript, which this project's `onnx` extra does not install; its optimised graph
+    (conv-BN folded) names each Conv `node_Conv_N` and gives it the batch norm's module scope, so `skip` and the
+    per-layer table would name the wrong layers (`bn1` for `conv1`); and its unoptimised graph makes ORT's
+    `quant_pre_process` fail (AttributeError in onnx.numpy_helper). The legacy exporter's deprecation warning is left
+    visible: this path is one PyTorch is retiring."""
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice; it needs no onnxscript
+    with torch.no_grad():
         torch.onnx.export(model.cpu().eval(), (example.cpu(),), buffer, dynamo=False, opset_version=17,
                           input_names=[INPUT], output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
     return buffer.getvalue()

@@ -235,6 +235,17 @@ def _drop_unused_parameters(program: GraphModule) -> GraphModule:
     return program
 
 
+def copy_graph(graph: torch.fx.Graph) -> torch.fx.Graph:
+    """A new graph of the same nodes (their meta copied shallowly) sharing `graph`'s codegen. Not copy.deepcopy: that
+    rebuilds the pytree specs in an exported graph's codegen through torch's deprecated LeafSpec constructor (a
+    FutureWarning on every PT2E quantization), and neither prepare nor convert changes the codegen."""
+    new = torch.fx.Graph(tracer_cls=graph._tracer_cls)
+    value, old_output = new.graph_copy(graph, {}, return_output_node=True)
+    new._codegen = graph._codegen
+    new.output(value, type_expr=getattr(old_output, "type", None)).meta = copy.copy(old_output.meta)
+    return new
+
+
 def calibrate(prepared: GraphModule, batches: Sequence[torch.Tensor]) -> None:
     """Run the calibration batches through the observers."""
     with torch.no_grad():
@@ -257,7 +268,7 @@ def quantize_pt2e(model: nn.Module, config: StaticConfig, calibration: Sequence[
     calibrate(prepared, calibration)
     # The observed graph passes values through its observers: the float graph with BN folded and the node names of the
     # converted one, the reference of the per-layer error. A new graph over the same modules, since convert rewrites it.
-    reference = GraphModule(prepared, copy.deepcopy(prepared.graph))
+    reference = GraphModule(prepared, copy_graph(prepared.graph))
     return PT2EModule(convert_pt2e(prepared), reference)
 
 
@@ -309,7 +320,7 @@ def convert_qat_pt2e(model: PT2EQATModel) -> PT2EModule:
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    graph = GraphModule(model.graph, copy.deepcopy(model.graph.graph))  # convert rewrites the graph it is given
+    graph = GraphModule(model.graph, copy_graph(model.graph.graph))  # convert rewrites the graph it is given
     graph.meta.update(model.graph.meta)  # what prepare recorded for convert
     move_exported_model_to_eval(graph.cpu())
     return PT2EModule(convert_pt2e(graph))

@@ -14,7 +14,7 @@ from torch import nn
 
 from slimlab.config import Strict, TrainConfig
 from slimlab.prune.unstructured import MaskKeeper
-from slimlab.quantize.configs import DynamicConfig, Mode, Observer, QATConfig, StaticConfig
+from slimlab.quantize.configs import DEFAULT_ENGINE, DynamicConfig, Mode, Observer, QATConfig, StaticConfig
 from slimlab.quantize.dynamic import quantize_dynamic_
 from slimlab.quantize.engines import engine_names
 from slimlab.quantize.error import compare_logits, layer_table
@@ -44,7 +44,7 @@ class QuantizeStepConfig(Strict):
 
     method: str = Field("static", description="dynamic | static | qat | fp16 | bf16 | onnxruntime")
     engine: Literal["x86", "fbgemm", "qnnpack", "pt2e", "auto"] = Field(
-        "x86", description="static: torch.ao x86/fbgemm/qnnpack, pt2e (torchao) or auto (the fastest accurate engine here); "
+        DEFAULT_ENGINE, description="static: torch.ao x86/fbgemm/qnnpack, pt2e (torchao) or auto (the fastest accurate engine here); "
                            "qat: x86/fbgemm/qnnpack or pt2e; dynamic: x86/fbgemm/qnnpack")
     auto_tolerance_db: float = Field(3.0, ge=0, description="engine auto: engines within this logit SQNR of the best may be chosen")
     mode: Mode = "auto"
@@ -68,6 +68,15 @@ class QuantizeStepConfig(Strict):
         if value not in methods():
             raise ValueError(f"unknown method {value!r}; one of: {', '.join(methods())}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dynamic_default_engine(cls, data):
+        """Method dynamic without an engine gets DynamicConfig's (torch.ao), whatever DEFAULT_ENGINE is: no other
+        engine has dynamic kernels, so a changed default must not turn a valid config into an error."""
+        if isinstance(data, dict) and data.get("method") == "dynamic" and "engine" not in data:
+            return {**data, "engine": DynamicConfig.model_fields["engine"].default}
+        return data
 
     @model_validator(mode="after")
     def _options_fit_method(self):

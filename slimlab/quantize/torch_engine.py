@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import warnings
 from typing import Iterable, Sequence
 
 import torch
@@ -58,9 +57,7 @@ def float_reference(float_model: nn.Module, quantized: nn.Module) -> nn.Module:
     """A fused float copy whose module names match `quantized`'s, for the per-layer error table."""
     if graph_mode(quantized) == "eager":
         return fused_copy(float_model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fuse_fx(copy.deepcopy(float_model).cpu().eval())
+    return fuse_fx(copy.deepcopy(float_model).cpu().eval())
 
 
 @torch.no_grad()
