@@ -244,6 +244,26 @@ def cmd_datasets(args) -> int:
     return 0
 
 
+def cmd_methods(args) -> int:
+    """Every registered extension a config can name: pruning methods, quantization engines, optimizers, training extras."""
+    import fnmatch
+
+    from slimlab.extras import extras
+    from slimlab.optimizers import optimizers
+    from slimlab.prune.methods import list_methods
+    from slimlab.quantize.engines import engine_docs
+
+    def first_line(fn) -> str:
+        return ((fn.__doc__ or "").strip().splitlines() or [""])[0]
+
+    listing = {**{f"prune.method {n}": d for n, d in list_methods().items()},
+               **{f"quantize.engine {n}": d for n, d in engine_docs().items()},
+               **{f"train.optimizer {n}": first_line(o.factory) for n, o in sorted(optimizers().items())},
+               **{f"train extra {n}": f"{first_line(e.build)} (fine-tuning: {'yes' if e.fine_tuning else 'switched off'})"
+                  for n, e in sorted(extras().items())}}
+    return _print_listing({k: v for k, v in listing.items() if fnmatch.fnmatch(k.split()[-1], args.pattern)}, args.json)
+
+
 def _print_listing(items: dict[str, str], as_json: bool) -> int:
     if as_json:
         print(json.dumps(items, indent=1))
@@ -370,7 +390,7 @@ def _add_report_commands(sub) -> None:
 
 
 def _add_listing_commands(sub) -> None:
-    """runs, show, models, datasets."""
+    """runs, show, models, datasets, methods."""
     p = _with_store(sub.add_parser("runs", help="list recorded runs"))
     p.add_argument("--json", action="store_true", help="one JSON object per run (id, status, config, metrics, ...)")
     p.add_argument("--status", choices=["done", "failed", "running", "stale"])
@@ -381,7 +401,8 @@ def _add_listing_commands(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_show)
 
-    for name, fn, what in (("models", cmd_models, "registered models"), ("datasets", cmd_datasets, "registered datasets")):
+    for name, fn, what in (("models", cmd_models, "registered models"), ("datasets", cmd_datasets, "registered datasets"),
+                           ("methods", cmd_methods, "pruning methods, quantization engines, optimizers and training extras")):
         p = sub.add_parser(name, help=f"list {what}")
         p.add_argument("pattern", nargs="?", default="*", help="glob filter, e.g. 'resnet*'")
         p.add_argument("--json", action="store_true")

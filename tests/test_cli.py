@@ -106,3 +106,17 @@ def test_run_with_report_writes_a_page_and_compare_puts_runs_side_by_side(tmp_pa
     table = _cli("compare", *(i[:6] for i in ids), "--store", str(store))
     assert table.returncode == 0, table.stderr
     assert all(i[:6] in table.stdout.splitlines()[0] for i in ids) and "measure.batch_sizes" in table.stdout
+
+
+def test_methods_lists_every_registered_extension(capsys):
+    """`slimlab methods` reads the registries: a method, engine, optimizer or extra added as one file shows up here."""
+    from slimlab.cli import main
+
+    assert main(["methods", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    for key in ("prune.method taylor", "prune.method ln_structured", "quantize.engine pt2e", "quantize.engine onnxruntime",
+                "train.optimizer muon", "train extra lookahead"):
+        assert key in listing, key
+    assert "switched off" in listing["train extra weight_average"]  # its fine-tuning declaration, as the steps read it
+    assert main(["methods", "taylor", "--json"]) == 0
+    assert list(json.loads(capsys.readouterr().out)) == ["prune.method taylor"]

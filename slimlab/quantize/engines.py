@@ -30,6 +30,13 @@ def engine_names() -> list[str]:
     return sorted(_ENGINES)
 
 
+def engine_docs() -> dict[str, str]:
+    """Engine names with the first line of their function's docstring, for listings."""
+    import slimlab.quantize  # noqa: F401  (its modules register the engines)
+
+    return {name: ((_ENGINES[name].__doc__ or "").strip().splitlines() or [""])[0] for name in engine_names()}
+
+
 def get_engine(name: str) -> Engine:
     """The engine registered as `name`; a ConfigError lists the known ones otherwise."""
     if name not in _ENGINES:
