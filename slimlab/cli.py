@@ -128,9 +128,10 @@ def cmd_reindex(args) -> int:
 
 
 def cmd_table(args) -> int:
+    from slimlab.report import load_study
     from slimlab.report.seed_table import seed_table
 
-    print(seed_table(_store(args, must_exist=True).runs(), args.study))
+    print(seed_table(load_study(_store(args, must_exist=True).root, args.study)))
     return 0
 
 

@@ -7,6 +7,7 @@ from conftest import tiny_config
 from slimlab.errors import ConfigError
 from slimlab.plan import load_study
 from slimlab.report.seed_table import seed_table
+from slimlab.report.study import load_study as report_study
 from slimlab.store import Store
 
 
@@ -46,7 +47,7 @@ def test_seed_table_layout(tmp_path):
         run_id = f"id{i}"
         store.start(run_id, {"data": {"name": "cifar10_jpeg"}}, f"seed-q:{variant}/data.name=cifar10_jpeg")
         store.finish(run_id, metrics, {}, {}, [])
-    table = seed_table(store.runs(), "seed-q")
+    table = seed_table(report_study(store.root, "seed-q"))
     lines = table.splitlines()
     assert "float | cifar10_jpeg" in lines[0] and "static | cifar10_jpeg" in lines[0] and lines[0].count("float") == 1
     assert "80.00" not in lines[1]
@@ -55,6 +56,21 @@ def test_seed_table_layout(tmp_path):
     assert "NA" in lines[6] and "23.90" in lines[6]      # float has no quantization error
     assert "0.064" in lines[5] and "0.010" in lines[7]   # rel. L2; +0.01 points vs float
     assert lines[8].startswith("Inference device") and "NA" in lines[8]  # these runs recorded no latency note
+
+
+def test_seed_table_shows_a_run_another_command_made_first(tmp_path):
+    """A study that found its float model in the store (trained by a bench script, under another name) shows it."""
+    store = Store(tmp_path / "store")
+    store.start("bench1", {"data": {"name": "cifar10_jpeg"}}, "resnet20-cifar10")
+    store.finish("bench1", {"top1": 87.75}, {}, {}, [])
+    store.start("static1", {"data": {"name": "cifar10_jpeg"}}, "seed-q:static")
+    store.finish("static1", {"top1": 87.54, "float_top1": 87.75}, {}, {}, [])
+    store.save_study({"name": "seed-q", "axes": ["variant"], "runs": [
+        {"id": "bench1", "label": "float", "variant": "float", "point": {"data.name": "cifar10_jpeg"}},
+        {"id": "static1", "label": "static", "variant": "static", "point": {"data.name": "cifar10_jpeg"}}]})
+    header, accuracy = seed_table(report_study(store.root, "seed-q")).splitlines()[:2]
+    assert header.index("float | cifar10_jpeg") < header.index("static | cifar10_jpeg")
+    assert "87.75" in accuracy and "87.54" in accuracy
 
 
 def test_a_nested_mapping_changes_only_the_keys_it_names(tmp_path):
@@ -82,7 +98,7 @@ def test_seed_table_keeps_one_column_per_grid_point(tmp_path):
     for seed, top1 in ((0, 86.1), (1, 86.7)):
         store.start(f"id{seed}", {"data": {"name": "cifar10_jpeg"}}, f"seed-q:float/seed={seed}/data.name=cifar10_jpeg")
         store.finish(f"id{seed}", {"top1": top1}, {}, {}, [])
-    header, accuracy = seed_table(store.runs(), "seed-q").splitlines()[:2]
+    header, accuracy = seed_table(report_study(store.root, "seed-q")).splitlines()[:2]
     assert "float/seed=0 | cifar10_jpeg" in header and "float/seed=1 | cifar10_jpeg" in header
     assert "86.10" in accuracy and "86.70" in accuracy
 

@@ -1,6 +1,7 @@
 """The study deck's table layout from the store: rows are metrics, columns are method x dataset."""
 from __future__ import annotations
 
+from slimlab.report.study import Study
 from slimlab.store import RunRecord
 
 # (row label, how to read it from a run's metrics); the deck's rows, then the error in dB as a second reading.
@@ -15,21 +16,18 @@ SEED_ROWS = [
 ]
 
 
-def study_runs(records: list[RunRecord], study: str) -> list[RunRecord]:
-    return [r for r in records if r.name.startswith(f"{study}:") and r.status == "done"]
+def seed_table(study: Study) -> str:
+    """A plain-text table: one column per variant and grid point (the dataset shown apart), in the study's order.
 
-
-def seed_table(records: list[RunRecord], study: str) -> str:
-    """A plain-text table: one column per variant and grid point (the dataset shown apart), in the order the runs
-    were created. A column run again under a changed config (an edited study file, a newer schema) shows its latest
-    run only."""
-    runs = study_runs(records, study)
-    if not runs:
-        return f"no finished runs of study '{study}'"
+    The study's runs come from its manifest, so a run another command made first (the same config under another
+    name, e.g. a trained model the study found in the store) is in its column. A study known only by run names
+    (`NAME:label`) keeps, per column, the latest run: one run again under a changed config replaces the old one."""
     latest: dict[tuple[str, str], RunRecord] = {}
-    for r in runs:  # oldest first, so the newest run of a column wins while the column keeps its first place
-        label = "/".join(part for part in r.name.split(":", 1)[1].split("/") if not part.startswith("data.name="))
-        latest[(label, r.config["data"]["name"])] = r
+    for run in study.done():  # in order, so the newest run of a column wins while the column keeps its first place
+        label = "/".join(part for part in run.label.split("/") if not part.startswith("data.name="))
+        latest[(label or run.variant, run.record.config["data"]["name"])] = run.record
+    if not latest:
+        return f"no finished runs of study '{study.name}'"
     columns = [(variant, data, r) for (variant, data), r in latest.items()]
     headers = [f"{variant} | {data}" for variant, data, _ in columns]
     width = max(len(label) for label, _ in SEED_ROWS)
