@@ -145,6 +145,29 @@ def test_auto_measures_each_engine(resnet, batches, monkeypatch):
     assert torch.backends.quantized.engine == engine
 
 
+def test_auto_skips_an_engine_that_cannot_take_the_model(resnet, batches, monkeypatch):
+    """An engine that raises on a model (an op it lacks, a compiler error) is left out with its reason, not fatal."""
+    from slimlab.errors import SlimlabError
+    from slimlab.quantize import static
+
+    real = static.quantize_static
+    monkeypatch.setattr(auto, "available_engines", lambda: ["x86", "onnxruntime"])
+
+    def broken_onnx(model, config, calibration):
+        if config.engine == "onnxruntime":
+            raise ValueError("Input partition has more than one output node\nmore detail")
+        return real(model, config, calibration)
+
+    monkeypatch.setattr(static, "quantize_static", broken_onnx)
+    config = StaticConfig(engine="auto", observer="minmax", auto_batch_sizes=(1,))
+    selection = auto.quantize_auto(resnet, config, batches[:1]).engine_selection
+    assert selection["chosen"] == "x86" and set(selection["candidates"]) == {"x86"}
+    assert selection["failed"] == {"onnxruntime": "ValueError: Input partition has more than one output node"}
+    monkeypatch.setattr(auto, "available_engines", lambda: ["onnxruntime"])
+    with pytest.raises(SlimlabError, match="no int8 engine could quantize this model: onnxruntime: ValueError"):
+        auto.quantize_auto(resnet, config, batches[:1])
+
+
 def test_quantization_restores_the_engine_setting(resnet, batches):
     x = batches[2][:2]
     assert torch.backends.quantized.engine == "x86"

@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from slimlab.errors import SlimlabError
 from slimlab.quantize.configs import StaticConfig
 from slimlab.quantize.engines import register_engine
 from slimlab.quantize.error import compare_logits
@@ -45,16 +46,24 @@ def quantize_auto(model: nn.Module, config: StaticConfig, calibration: Sequence[
 
     images = torch.cat([x.cpu() for x in calibration])
     float_model = model.cpu().eval()
-    models, figures = {}, {}
+    models, figures, failed = {}, {}, {}
     for name in available_engines():
-        quantized = quantize_static(model, config.model_copy(update={"engine": name}), calibration)
-        error = compare_logits(float_model, quantized, [x.cpu() for x in calibration])
-        latency = {b: measure_latency(quantized, _batch(images, b), AUTO_WARMUP, AUTO_REPEATS, attempts=1)["median_ms"]
-                   for b in config.auto_batch_sizes}
+        try:  # an engine that cannot take this model (an op it lacks, a compiler error) is skipped, with the reason
+            quantized = quantize_static(model, config.model_copy(update={"engine": name}), calibration)
+            error = compare_logits(float_model, quantized, [x.cpu() for x in calibration])
+            latency = {b: measure_latency(quantized, _batch(images, b), AUTO_WARMUP, AUTO_REPEATS, attempts=1)["median_ms"]
+                       for b in config.auto_batch_sizes}
+        except Exception as exc:  # noqa: BLE001 (any engine's failure is a reason to try the next one)
+            failed[name] = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+            continue
         models[name] = quantized
         figures[name] = {"sqnr_db": error["sqnr_db"] if math.isfinite(error["sqnr_db"]) else 999.0,
                          "top1_agreement": error["top1_agreement"], "latency_ms": latency}
+    if not figures:
+        raise SlimlabError("engine auto: no int8 engine could quantize this model: "
+                           + "; ".join(f"{n}: {why}" for n, why in failed.items()))
     chosen = choose(figures, config.auto_tolerance_db)
     result = models[chosen]
-    result.engine_selection = {"chosen": chosen, "tolerance_db": config.auto_tolerance_db, "candidates": figures}
+    result.engine_selection = {"chosen": chosen, "tolerance_db": config.auto_tolerance_db, "candidates": figures,
+                               "failed": failed}
     return result
