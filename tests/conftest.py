@@ -102,7 +102,8 @@ class Counted(nn.Module):
         return self.inner(x)
 
     def train(self, mode=True):
-        if mode and sys._getframe(1).f_code.co_name == "train":  # the training loop, not evaluate() restoring the mode
+        caller = sys._getframe(1)  # the training loop's epoch, not evaluate() restoring the mode
+        if mode and caller.f_globals.get("__name__") == "slimlab.train" and caller.f_code.co_name == "_train_epoch":
             with open(os.environ["COUNT_FILE"], "a") as f:
                 f.write(f"{os.getpid()}\\n")
         return super().train(mode)
