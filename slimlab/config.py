@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slimlab.errors import ConfigError
-from slimlab.extras import plugin_fields
+from slimlab.plugins import plugin_fields
 from slimlab.fingerprint import content_fingerprint
 
 # Bump whenever a field is added, removed or changes meaning: the run id changes with it, so old results

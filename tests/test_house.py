@@ -59,7 +59,7 @@ def test_imports_flow_one_way():
     assert not wrong, wrong
 
 
-def test_the_rule_catches_a_wrong_import(tmp_path):
+def test_the_rule_catches_a_wrong_import():
     tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from slimlab.run import StepContext\n")
     assert list(_imports(tree)) == ["typing", "slimlab.run"]
 

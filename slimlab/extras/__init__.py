@@ -6,10 +6,10 @@ updates switch it off. Compression steps ask `slimlab.train.fine_tuning_override
 The package imports no torch: TrainConfig composes the extras' config fields from these files."""
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
+
+from slimlab.plugins import package_modules
 
 if TYPE_CHECKING:
     from torch import nn
@@ -38,7 +38,6 @@ class Extra:
 
 
 _REGISTRY: dict[str, Extra] = {}
-_BUILTIN_LOADED: list[bool] = []
 
 
 def register_extra(name: str, *, fine_tuning: bool, off: dict[str, Any], observes: bool = False):
@@ -52,23 +51,8 @@ def register_extra(name: str, *, fine_tuning: bool, off: dict[str, Any], observe
 
 def extras() -> dict[str, Extra]:
     """Every registered extra by name; the package's modules register themselves on first use."""
-    if not _BUILTIN_LOADED:  # each module registers itself on import, so no list of them is kept anywhere
-        for module in pkgutil.iter_modules(__path__):
-            importlib.import_module(f"{__name__}.{module.name}")
-        _BUILTIN_LOADED.append(True)
+    package_modules(__name__)  # each module registers itself on import
     return dict(_REGISTRY)
-
-
-def plugin_fields(package: str) -> tuple[type, ...]:
-    """The config-field classes (`...Fields`, pydantic) that the modules of a plug-in package define: TrainConfig is
-    composed from them, so an extra or optimizer that brings a key needs no edit anywhere else."""
-    root = importlib.import_module(package)
-    found = []
-    for info in pkgutil.iter_modules(root.__path__):
-        module = importlib.import_module(f"{package}.{info.name}")
-        found += [value for name, value in vars(module).items()
-                  if name.endswith("Fields") and isinstance(value, type) and value.__module__ == module.__name__]
-    return tuple(found)
 
 
 def build_extras(context: ExtraContext) -> tuple[list, list]:

@@ -5,12 +5,11 @@ looked up. A factory declares whether it may fine-tune a pruned or fake-quantize
 its config keys are learning rates that scale with `train.lr` when a fine-tune picks its own peak rate."""
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from slimlab.errors import ConfigError
+from slimlab.plugins import package_modules
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +30,6 @@ class OptimizerEntry:
 
 
 _REGISTRY: dict[str, OptimizerEntry] = {}
-_BUILTIN_LOADED: list[bool] = []
 
 
 def register_optimizer(name: str, *, fine_tuning: bool, rates: tuple[str, ...] = ()) -> Callable[[Factory], Factory]:
@@ -44,10 +42,7 @@ def register_optimizer(name: str, *, fine_tuning: bool, rates: tuple[str, ...] =
 
 def optimizers() -> dict[str, OptimizerEntry]:
     """Every registered optimizer by name."""
-    if not _BUILTIN_LOADED:  # each module registers itself on import, so no list of them is kept anywhere
-        for module in pkgutil.iter_modules(__path__):
-            importlib.import_module(f"{__name__}.{module.name}")
-        _BUILTIN_LOADED.append(True)
+    package_modules(__name__)  # each module registers itself on import
     return dict(_REGISTRY)
 
 

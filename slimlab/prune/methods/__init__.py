@@ -8,13 +8,12 @@ this module is imported, as slimlab.steps loads its steps.
 """
 from __future__ import annotations
 
-import importlib
 import itertools
-import pkgutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Literal
 
 from slimlab.errors import ConfigError
+from slimlab.plugins import package_modules
 
 if TYPE_CHECKING:
     import torch
@@ -104,5 +103,4 @@ def get_method(name: str, kind: Kind | None = None) -> PruneMethod:
 
 def _load_builtin() -> None:
     # Every file in this package registers its method on import, so adding a method is adding a file: no list to edit.
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
+    package_modules(__name__)
