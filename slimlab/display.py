@@ -57,6 +57,8 @@ def record_lines(record, full: bool = False) -> list[str]:
         lines.append(f"  reason ({record.failure}): {record.error}")
     if record.status == "stale":
         lines.append(f"  stale: its process ({record.host}, pid {record.pid}) is gone; the next `slimlab study` resumes it")
+    for line in record.notes.get("coverage") or []:
+        lines.append(f"  coverage: {line}")
     flagged = flagged_metrics(record)
     metrics = record.metrics
     headline = [k for k in HEADLINE if k in metrics] + sorted(k for k in metrics if k.startswith(("latency_b", "throughput_b")))

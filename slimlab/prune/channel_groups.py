@@ -137,7 +137,10 @@ def _visit(node: fx.Node, values: dict, spaces: _Spaces, model: nn.Module, calle
         return _Val(spaces.new(shape[1], "is a model input or a raw parameter")) if shape and len(shape) > 1 else None
     if node.op == "call_module":
         module = model.get_submodule(node.target)
-        if node.target in called:  # a shared module: every call sees and produces the same channels
+        # A module with weights or statistics called twice must see the same channels at every call; a stateless one
+        # (the ReLU torchvision's blocks call after each convolution) is a new operation at every call.
+        stateful = any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
+        if node.target in called and stateful:
             first_in, first_out = called[node.target]
             if first_in is not None and inputs and inputs[0] is not None:
                 spaces.union(first_in.space, inputs[0].space)

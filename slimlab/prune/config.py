@@ -31,6 +31,8 @@ class PruneStepConfig(BaseModel):
     norm: float = Field(1.0, ge=1, description="ln_structured: the n of the Ln norm ranking channels")
     residual_channels: bool = Field(True, description="ln_structured: also prune channels tied across residual adds, as one group")
     round_to: int = Field(1, ge=1, description="ln_structured: keep channel counts at multiples of this")
+    engine: Literal["auto", "slimlab", "torch_pruning"] = Field(
+        "auto", description="structured: slimlab's channel tracer, Torch-Pruning, or auto (both, keeping the one that removed more parameters)")
     gradual_end: float = Field(0.75, gt=0, le=1, description="gradual: fraction of the retraining by which the final sparsity is reached")
     spare_first_conv: bool = False
     spare_classifier: bool = False

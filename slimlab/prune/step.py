@@ -45,6 +45,7 @@ def apply_prune(model: nn.Module, cfg: PruneStepConfig, context: StepContext) ->
     else:
         sparsity, layers = _unstructured_rounds(model, cfg, context)
     after = footprint(model, example, measure, lambda b: context.example(b, context.data.device))
+    _coverage(cfg, context, layers, sparsity, before, after)
     sizes = storage_report(model)
     m = context.metrics
     m["prune_sparsity"] = sparsity
@@ -71,6 +72,24 @@ def apply_prune(model: nn.Module, cfg: PruneStepConfig, context: StepContext) ->
                                    "(model_sparse.bin, read with slimlab.prune.sparse_io.load_sparse)")
     context.notes["prune_macs"] = "prune_nonzero_macs_*: multiply-accumulates with a non-zero weight, what a sparse kernel could skip"
     return model
+
+
+def _coverage(cfg: PruneStepConfig, context: StepContext, layers: dict, sparsity: float, before: dict, after: dict) -> None:
+    """The coverage line of the run; a prune step that removed nothing fails with one line saying why."""
+    if cfg.structured:
+        removed = 1 - after["params"] / before["params"]
+        groups = layers.get("coverage", {})
+        kept = ", ".join(f"{n} {why}" for why, n in groups.get("kept", {}).items())
+        line = (f"prune ({cfg.method}, engine {layers.get('engine')}): {groups.get('pruned', 0)} channel groups pruned"
+                f"{'; kept whole: ' + kept if kept else ''}; parameters {after['params']:,} of {before['params']:,}")
+    else:
+        removed = sparsity
+        per_layer = layers.get("layers", {})
+        pruned = sum(1 for v in per_layer.values() if v.get("sparsity", 0) > 0)
+        line = f"prune ({cfg.method}, {cfg.scope}): sparsity {sparsity:.4f} of the selected weights, {pruned} of {len(per_layer)} layers pruned"
+    if cfg.amount > 0 and removed <= 0:
+        raise SlimlabError(f"prune: {cfg.method} at amount {cfg.amount} removed nothing from {context.config.model.name} ({line})")
+    context.notes.setdefault("coverage", []).append(line)
 
 
 def _unstructured_rounds(model: nn.Module, cfg: PruneStepConfig, context: StepContext) -> tuple[float, dict]:
@@ -150,7 +169,8 @@ def _structured_rounds(model: nn.Module, cfg: PruneStepConfig, context: StepCont
     removed, log, groups = 0.0, [], []
     for r, target in enumerate(iterative_targets(cfg.amount, cfg.rounds), 1):
         groups = prune_structured_(model, amount_to_reach(removed, target), example, cfg.method, cfg.scope, select,
-                                   cfg.residual_channels, cfg.round_to, _score_context(model, cfg, context, context.config.seed))
+                                   cfg.residual_channels, cfg.round_to, _score_context(model, cfg, context, context.config.seed),
+                                   cfg.engine)
         channels_total = channels_total or sum(g.before for g in groups)
         removed = 1 - sum(g.after for g in groups) / channels_total
         if context.config.train.channels_last and example.dim() == 4:
@@ -161,6 +181,8 @@ def _structured_rounds(model: nn.Module, cfg: PruneStepConfig, context: StepCont
         log.append(_record_round(model, context, r, 1 - weights_after / weights_before, channels_removed=removed))
     layers = {n: {"shape_before": shapes_before[n], "shape_after": list(m.weight.shape)} for n, m in select_layers(model, select).items()}
     report = {"method": cfg.method, "scope": cfg.scope, "layers": layers, "rounds": log,
+              "engine": getattr(model, "slimlab_structured_engine", cfg.engine),
+              "coverage": getattr(model, "slimlab_structured_coverage", {"pruned": len(groups)}),
               "groups": [{"producers": list(g.producers), "residual": g.residual, "channels_after_last_round": g.after} for g in groups]}
     context.metrics["prune_channels_removed"] = removed
     return log[-1]["sparsity"], report

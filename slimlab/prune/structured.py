@@ -1,7 +1,9 @@
 """Structured pruning: whole channels ranked by a registered importance, physically removed so the model becomes a smaller dense one."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 from torch import nn
@@ -23,31 +25,98 @@ class PrunedGroup:
     after: int
 
 
+Engine = Literal["auto", "slimlab", "torch_pruning"]
+ENGINES = ("auto", "slimlab", "torch_pruning")
+
+
 def prune_structured_(model: nn.Module, amount: float, example_inputs: torch.Tensor | tuple | None = None,
                       method: str = "ln_structured", scope: Scope = "local", select: LayerFilter | None = None,
-                      residual_channels: bool = True, round_to: int = 1, context: PruneContext | None = None) -> list[PrunedGroup]:
+                      residual_channels: bool = True, round_to: int = 1, context: PruneContext | None = None,
+                      engine: Engine = "auto") -> list[PrunedGroup]:
     """Remove the `amount` fraction of channels that the registered structured `method` scores lowest, from every
     prunable group (local) or overall (global).
 
-    A group is pruned only when all layers producing its channels are selected: a spared layer keeps its output channels.
-    Returns each pruned group's channel counts; `example_inputs` defaults to one 32x32 image for the first convolution.
+    `engine`: slimlab's own channel tracer, Torch-Pruning's dependency graph (tp_engine.py), or `auto`: both on copies,
+    keeping the one that removed more parameters (the own tracer on a tie). A group is pruned only when all layers
+    producing its channels are selected. Returns each pruned group's channel counts (Torch-Pruning: per layer); the
+    engine that pruned is on `model.slimlab_structured_engine`. `example_inputs` defaults to one 32x32 image.
     """
     chosen = get_method(method, "structured")
+    _check_arguments(amount, scope, round_to, engine)
+    example = example_inputs if example_inputs is not None else default_example_input(model)
+    context = context if context is not None else PruneContext(model=model)
+    if chosen.needs_batches and context.batches is None:
+        raise ConfigError(f"method {method!r} scores channels by their gradients: pass context=PruneContext(model, batches=...)")
+    run = {"slimlab": lambda m: _prune_own_(m, amount, example, chosen, scope, select, residual_channels, round_to, context),
+           "torch_pruning": lambda m: _prune_tp_(m, amount, example, method, scope, select, round_to, context)}
+    if engine != "auto":
+        groups = run[engine](model)
+        model.slimlab_structured_engine = engine
+        return groups
+    tried, refusals = {}, []
+    for name, prune in run.items():
+        candidate = copy.deepcopy(model)
+        try:
+            tried[name] = (prune(candidate), candidate, count_params(candidate))
+        except SlimlabError as exc:
+            refusals.append(f"{name}: {exc}")
+    if not tried:
+        raise SlimlabError(f"no structured engine could prune {type(model).__name__}: " + "; ".join(refusals))
+    best = min(tried, key=lambda n: (tried[n][2], n != "slimlab"))
+    groups, pruned, _ = tried[best]
+    model.__dict__.update(pruned.__dict__)  # the pruned copy's layers become the model's, in place
+    model.slimlab_structured_engine = best
+    return groups
+
+
+def _reason_kind(why: str) -> str:
+    """A tracer's reason, without the layer names, so a summary can count them: 'tied by a concatenation'."""
+    for marker, kind in (("used by cat", "tied by a concatenation"), ("output of cat", "tied by a concatenation"),
+                         ("grouped convolution", "grouped convolution"), ("model output", "feeds the output"),
+                         ("model input", "model input or raw parameter"), ("meet in one operation", "sizes meet in one operation")):
+        if marker in why:
+            return kind
+    return "unsupported op: " + why.split(" (")[0][:80]
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _check_arguments(amount: float, scope: str, round_to: int, engine: str) -> None:
     if not 0 <= amount < 1:
         raise ConfigError(f"amount must be a fraction in [0, 1) of the channels, got {amount}")
     if scope not in ("local", "global"):
         raise ConfigError(f"scope must be 'local' or 'global', got {scope!r}")
     if round_to < 1:
         raise ConfigError(f"round_to must be a positive number of channels, got {round_to}")
-    example = example_inputs if example_inputs is not None else default_example_input(model)
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+
+
+def _prune_tp_(model: nn.Module, amount: float, example, method: str, scope: Scope, select: LayerFilter | None,
+               round_to: int, context: PruneContext) -> list[PrunedGroup]:
+    from slimlab.prune.tp_engine import prune_torch_pruning_
+
     selected = set(select_layers(model, select))
-    groups = [g for g in find_channel_groups(model, example)
-              if g.prunable and set(g.producers) <= selected and (residual_channels or not g.residual)]
+    changed = prune_torch_pruning_(model, amount, example, method, scope, selected, round_to, context)
+    if not changed:
+        raise SlimlabError(f"Torch-Pruning removed no channel of {type(model).__name__}")
+    model.slimlab_structured_coverage = {"pruned": len(changed), "kept": {"not pruned by Torch-Pruning (output layer, unselected or tied)":
+                                                                       len(select_layers(model, select)) - len(changed)}}
+    return [PrunedGroup((name,), False, before, after) for name, before, after in changed]
+
+
+def _prune_own_(model: nn.Module, amount: float, example, chosen, scope: Scope, select: LayerFilter | None,
+                residual_channels: bool, round_to: int, context: PruneContext) -> list[PrunedGroup]:
+    selected = set(select_layers(model, select))
+    found = find_channel_groups(model, example)
+    groups = [g for g in found if g.prunable and set(g.producers) <= selected and (residual_channels or not g.residual)]
     if not groups:
-        raise ConfigError(f"no channel group of {type(model).__name__} can be pruned with this selection")
-    context = context if context is not None else PruneContext(model=model)
-    if chosen.needs_batches and context.batches is None:
-        raise ConfigError(f"method {method!r} scores channels by their gradients: pass context=PruneContext(model, batches=...)")
+        reasons = sorted({g.blocked for g in found if g.blocked})
+        raise ConfigError(f"no channel group of {type(model).__name__} can be pruned with this selection"
+                          + (f" (blocked: {'; '.join(reasons[:3])})" if reasons else ""))
+    context = replace(context, model=model)
     producers = {f"{name}.weight": model.get_submodule(name).weight for g in groups for name in g.producers}
     channel_scores = chosen.score(producers, context)
     scores = [_group_importance(g, channel_scores) for g in groups]
@@ -62,6 +131,14 @@ def prune_structured_(model: nn.Module, amount: float, example_inputs: torch.Ten
             in_keep[name] = (kept[:, None] * factor + torch.arange(factor)).reshape(-1) if factor > 1 else kept
     for name in set(out_keep) | set(in_keep):
         _slice_module(model.get_submodule(name), out_keep.get(name), in_keep.get(name))
+    if all(keep == g.size for g, keep in zip(groups, keep_counts)):
+        raise SlimlabError(f"amount {amount} removes no channel of {type(model).__name__}'s groups (rounded to keep {round_to})")
+    kept: dict[str, int] = {}
+    for g in found:
+        if g not in groups:
+            why = g.blocked or ("not selected" if g.producers else "no producing layer")
+            kept[_reason_kind(why)] = kept.get(_reason_kind(why), 0) + 1
+    model.slimlab_structured_coverage = {"pruned": len(groups), "kept": kept}
     return [PrunedGroup(tuple(g.producers), g.residual, g.size, k) for g, k in zip(groups, keep_counts)]
 
 

@@ -66,6 +66,29 @@ def weighted_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
+def attention_projections(model: nn.Module) -> list[str]:
+    """Linear layers inside nn.MultiheadAttention: it reads their weight tensors itself, so no engine can swap them."""
+    return [f"{name}.{child}" if name else child for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
+            for child, sub in m.named_children() if isinstance(sub, nn.Linear)]
+
+
+@torch.no_grad()
+def uncalled_layers(model: nn.Module, example: torch.Tensor, types: tuple = FLOAT_LAYERS) -> list[str]:
+    """Layers of `types` whose forward never runs on `example`: their parent reads their weight itself (torchvision's
+    Swin calls F.linear(x, self.qkv.weight)), so swapping the module for a quantized one breaks the parent."""
+    called: set[str] = set()
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, types)}
+    hooks = [m.register_forward_hook(lambda *_a, n=n: called.add(n)) for n, m in layers.items()]
+    was_training = model.training
+    try:
+        model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return [n for n in layers if n not in called]
+
+
 def weight_count(module: nn.Module) -> int:
     """Number of weight elements (biases excluded), float or quantized."""
     if is_quantized_layer(module):

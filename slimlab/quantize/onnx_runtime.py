@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import math
 import tempfile
@@ -11,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from slimlab.errors import require
+from slimlab.errors import SlimlabError, require
 from slimlab.quantize.configs import StaticConfig
 from slimlab.quantize.engines import register_engine
 from slimlab.quantize.layers import matches, resolve_skip
@@ -28,12 +29,81 @@ def export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
     (conv-BN folded) names each Conv `node_Conv_N` and gives it the batch norm's module scope, so `skip` and the
     per-layer table would name the wrong layers (`bn1` for `conv1`); and its unoptimised graph makes ORT's
     `quant_pre_process` fail (AttributeError in onnx.numpy_helper). The legacy exporter's deprecation warning is left
-    visible: this path is one PyTorch is retiring."""
+    visible: this path is one PyTorch is retiring.
+
+    Two things it cannot export are rewritten on a copy first: adaptive average pooling to a size that does not divide
+    the input (VGG and AlexNet pool 1x1 or 2x2 maps to 7x7), as the same averages written as two matrix products for
+    the exported input size; and the fused multi-head-attention kernel, by switching MHA's fast path off (its
+    composite path exports). What still fails is one line naming the operation."""
+    model = exportable_copy(model.cpu().eval(), example.cpu())
     buffer = io.BytesIO()
-    with torch.no_grad():
-        torch.onnx.export(model.cpu().eval(), (example.cpu(),), buffer, dynamo=False, opset_version=17,
-                          input_names=[INPUT], output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+    try:
+        with torch.no_grad(), _mha_fastpath(False):
+            torch.onnx.export(model, (example.cpu(),), buffer, dynamo=False, opset_version=17, input_names=[INPUT],
+                              output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+    except Exception as exc:  # noqa: BLE001  (the exporter raises many types, with the whole graph in the message)
+        raise SlimlabError(f"onnxruntime: the ONNX export of {type(model).__name__} failed: {type(exc).__name__}: "
+                           f"{(str(exc).strip().splitlines() or [''])[0][:200]}") from None
     return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def _mha_fastpath(enabled: bool):
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
+class PoolAsMatmul(nn.Module):
+    """Adaptive average pooling from a fixed (H, W) to (h, w) as rows @ x @ cols: the same averages, exported as one
+    Einsum, which ORT's quantizer leaves in float (a MatMul would get int8 averaging weights)."""
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor):
+        super().__init__()
+        self.register_buffer("rows", rows)
+        self.register_buffer("cols", cols)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("ih,nchw,wj->ncij", self.rows, x, self.cols)
+
+
+def _averaging(size_in: int, size_out: int) -> torch.Tensor:
+    """(size_out, size_in): row i averages input cells floor(i*in/out) .. ceil((i+1)*in/out) - 1, as torch does."""
+    matrix = torch.zeros(size_out, size_in)
+    for i in range(size_out):
+        start, end = (i * size_in) // size_out, -((-(i + 1) * size_in) // size_out)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def exportable_copy(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """`model`, or a copy whose adaptive average pools that the exporter refuses are PoolAsMatmul modules."""
+    seen: dict[str, tuple[int, ...]] = {}
+    pools = {n: m for n, m in model.named_modules() if isinstance(m, nn.AdaptiveAvgPool2d)}
+    hooks = [m.register_forward_hook(lambda _m, i, _o, n=n: seen.update({n: tuple(i[0].shape[-2:])}) and None)
+             for n, m in pools.items()]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    awkward = {}
+    for name, (h, w) in seen.items():
+        size = pools[name].output_size
+        oh, ow = (size, size) if isinstance(size, int) else (size[0] or h, size[1] or w)
+        if h % oh or w % ow:
+            awkward[name] = PoolAsMatmul(_averaging(h, oh), _averaging(w, ow).T)
+    if not awkward:
+        return model
+    model = copy.deepcopy(model)
+    for name, replacement in awkward.items():
+        owner, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(owner) if owner else model, attr, replacement)
+    return model
 
 
 def module_of(node_name: str) -> str:
@@ -120,7 +190,10 @@ def quantize_onnxruntime(model: nn.Module, config: StaticConfig, calibration_bat
         prepared, output = Path(folder) / "prepared.onnx", Path(folder) / "quantized.onnx"
         # ORT's recommended pre-pass: shape inference and graph clean-up (shared constants the exporter routes through
         # Identity nodes would otherwise keep their convolutions' biases float and block the integer kernels).
-        quant_pre_process(float_model, prepared)
+        try:
+            quant_pre_process(float_model, prepared)
+        except Exception:  # noqa: BLE001  ORT's symbolic shape inference gives up on attention reshapes; ONNX's own does not
+            quant_pre_process(float_model, prepared, skip_symbolic_shape=True)
         with contextlib.redirect_stdout(io.StringIO()):  # the entropy calibrator prints progress
             quantize_static(prepared, output, Batches(), quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,

@@ -51,6 +51,28 @@ def export_program(model: nn.Module, example: torch.Tensor) -> torch.export.Expo
         return torch.export.export(model, (export_batch(example),), dynamic_shapes=({0: torch.export.Dim.AUTO},))
 
 
+def export_graph(model: nn.Module, example: torch.Tensor) -> GraphModule:
+    """The exported graph to quantize, each call of a module called more than once made a module of its own."""
+    return split_repeated_calls(export_program(model, example).module())
+
+
+def split_repeated_calls(graph: GraphModule) -> GraphModule:
+    """Give every call of a module its own name in the nodes' module stacks ('layer1.0.relu@1' for the second call).
+
+    The quantizer groups nodes into partitions by the innermost module's name, so one ReLU module called twice, as in
+    torchvision's residual blocks, made one partition with two outputs, which X86InductorQuantizer rejects ("Input
+    partition has more than one output node"). torch.export already tells the calls apart in the stack's keys."""
+    for node in graph.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if not stack:
+            continue
+        key, (fqn, cls) = list(stack.items())[-1]
+        call = key.rpartition("@")[2] if "@" in key else ""
+        if call.isdigit() and not fqn.endswith(f"@{call}"):
+            stack[key] = (f"{fqn}@{call}", cls)
+    return graph
+
+
 def x86_quantizer(observer: str, skip_names: Sequence[str], qat: bool = False):
     """X86InductorQuantizer: uint8 activations (chosen observer), symmetric per-channel int8 weights; skipped modules float."""
     xiq = _torchao()
@@ -179,7 +201,7 @@ def save_program(program: torch.export.ExportedProgram) -> bytes:
 def module_name(node: torch.fx.Node) -> str:
     """The name of the module an exported node came from ('layer1.0.conv1'), from its nn_module_stack."""
     stack = node.meta.get("nn_module_stack") or {}
-    return list(stack.values())[-1][0].removeprefix("L['self'].") if stack else node.name
+    return list(stack.values())[-1][0].removeprefix("L['self'].").partition("@")[0] if stack else node.name
 
 
 def _weighted_nodes(graph_module: GraphModule) -> list[torch.fx.Node]:
@@ -263,7 +285,7 @@ def quantize_pt2e(model: nn.Module, config: StaticConfig, calibration: Sequence[
     _torchao()
     model = copy.deepcopy(model).cpu().eval()
     skip_names = resolve_skip(model, config.skip)
-    graph = export_program(model, calibration[0]).module()
+    graph = export_graph(model, calibration[0])
     prepared = prepare_pt2e(graph, x86_quantizer(config.observer, skip_names))
     calibrate(prepared, calibration)
     # The observed graph passes values through its observers: the float graph with BN folded and the node names of the
@@ -311,7 +333,7 @@ def prepare_qat_pt2e(model: nn.Module, skip: Sequence[str], example: torch.Tenso
 
     _torchao()
     model = copy.deepcopy(model).cpu().train()
-    graph = export_program(model, example.cpu()).module()
+    graph = export_graph(model, example.cpu())
     return PT2EQATModel(prepare(graph, x86_quantizer("moving_average", resolve_skip(model, skip), qat=True))).train()
 
 

@@ -22,9 +22,13 @@ def quantize_static(model: nn.Module, config: StaticConfig, calibration_batches:
         raise ConfigError("static quantization needs at least one calibration batch")
     model = copy.deepcopy(model)
     engine = get_engine(config.engine)
+    worst: list[str] = []
     if config.auto_skip_worst_k:
-        config = config.model_copy(update={"skip": (*config.skip, *worst_layers(model, config, batches)), "auto_skip_worst_k": 0})
-    return engine(model, config, batches)
+        worst = worst_layers(model, config, batches)
+        config = config.model_copy(update={"skip": (*config.skip, *worst), "auto_skip_worst_k": 0})
+    quantized = engine(model, config, batches)
+    quantized.slimlab_sensitivity_skip = worst  # the coverage record says these stayed float by sensitivity
+    return quantized
 
 
 quantize_static_ = quantize_static  # the old name, kept for existing scripts: it never worked in place

@@ -14,6 +14,7 @@ from torch import nn
 
 from slimlab.config import Strict, TrainConfig
 from slimlab.prune.unstructured import MaskKeeper
+from slimlab.quantize import coverage
 from slimlab.quantize.configs import DEFAULT_ENGINE, DynamicConfig, Mode, Observer, QATConfig, StaticConfig
 from slimlab.quantize.dynamic import quantize_dynamic_
 from slimlab.quantize.engines import engine_names
@@ -103,7 +104,8 @@ def apply_quantize(model: nn.Module, cfg: QuantizeStepConfig, context: StepConte
     calibration = _calibration(cfg, context) if cfg.method not in ("dynamic", "fp16", "bf16") else []
     qat_history: list[dict] = []
     if cfg.method == "dynamic":
-        model = quantize_dynamic_(model, DynamicConfig(dtype=cfg.dynamic_dtype, engine=cfg.engine, skip=tuple(cfg.skip)))
+        example = _calibration(cfg.model_copy(update={"calibration_batches": 1}), context)[0]
+        model = quantize_dynamic_(model, DynamicConfig(dtype=cfg.dynamic_dtype, engine=cfg.engine, skip=tuple(cfg.skip)), example)
     elif cfg.method in ("fp16", "bf16"):
         model = to_reduced_float(model, cfg.method)
     elif cfg.method == "qat":
@@ -225,9 +227,21 @@ def _describe_layers(rows: list[dict], method: str) -> str:
     return text
 
 
+def _coverage(float_model: nn.Module, model: nn.Module, cfg: QuantizeStepConfig, context: StepContext) -> list[dict]:
+    """The per-layer rows with why each float layer is float; refuses a quantization that left every layer float."""
+    rows = _layer_rows(float_model, model, cfg, context)
+    selection = getattr(model, "engine_selection", None) or {}
+    engine = selection.get("chosen") or (cfg.engine if cfg.method in ("static", "qat", "dynamic") else cfg.method)
+    rows = coverage.explain(rows, float_model, cfg.method, cfg.skip, getattr(model, "slimlab_sensitivity_skip", ()), engine,
+                            getattr(model, "slimlab_float_reasons", None))
+    coverage.refuse_no_op(rows, cfg.method)
+    context.notes.setdefault("coverage", []).append(f"quantize ({cfg.method}, {engine}): {coverage.summary(rows)}")
+    return rows
+
+
 def _report(float_model: nn.Module, model: nn.Module, cfg: QuantizeStepConfig, context: StepContext,
             calibration: list[torch.Tensor], seconds: float, qat_history: list[dict]) -> None:
-    rows = _layer_rows(float_model, model, cfg, context)
+    rows = _coverage(float_model, model, cfg, context)
     sample = cfg.error_batches is not None  # a truncated pass must be a fair sample, not the first classes stored
     error = compare_logits(float_model, model, (x for x, _ in islice(context.test_loader(device=CPU, shuffle=sample), cfg.error_batches)))
     low_precision = [r for r in rows if r["weight_dtype"] not in ("float32", "float64")]
