@@ -253,9 +253,13 @@ class ScaledHead(nn.Module):
 def test_a_parameter_broadcast_over_the_channels_blocks_their_pruning():
     x = torch.randn(2, 3, 8, 8)
     model = ScaledHead()
-    prune_ln_structured_(model, 0.5, x)
+    prune_ln_structured_(model, 0.5, x, engine="slimlab")
     assert model.conv2.out_channels == 32 and model.conv1.out_channels == 8  # gamma ties conv2's channels; conv1's are free
     assert model(x).shape == (2, 10)
+    model = ScaledHead()  # Torch-Pruning slices the raw parameter with conv2's channels; auto takes that
+    prune_ln_structured_(model, 0.5, x)
+    assert model.slimlab_structured_engine == "torch_pruning"
+    assert model.conv2.out_channels == 16 and model.gamma.shape == (16,) and model(x).shape == (2, 10)
 
 
 # --- sparse storage ----------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from slimlab.quantize.qat import QATSchedule, calibrate_observers_, convert_qat,
 from slimlab.quantize.qconfigs import EAGER_BACKENDS
 from slimlab.quantize.reduced_float import to_reduced_float
 from slimlab.quantize.static import quantize_static
-from slimlab.quantize.torch_engine import float_reference, graph_mode
+from slimlab.quantize.torch_engine import float_reference, graph_mode, runs_or_refuse
 from slimlab.train import fine_tuning_overrides, peak_rates, train
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ def _quantization_aware_training(model: nn.Module, cfg: QuantizeStepConfig, cont
     callbacks = [QATSchedule(cfg.freeze_bn_epoch, cfg.freeze_observer_epoch)] + ([MaskKeeper(pruned)] if pruned else [])
     history = train(model.to(context.data.device), context.train_loader(), train_cfg, val_loader=val, progress=context.progress,
                     callbacks=callbacks, desc="qat")
-    return convert_qat(model), history
+    return runs_or_refuse(convert_qat(model), calibration[0][:1], cfg.engine), history
 
 
 def _layer_rows(float_model: nn.Module, model: nn.Module, cfg: QuantizeStepConfig, context: StepContext) -> list[dict]:

@@ -1,0 +1,70 @@
+"""Every method on the architectures people bring: torchvision's own model classes (slimlab/models/zoo.py), each
+compressed by every method and checked for being what it claims (slimlab/suite.py). A cell passes, or refuses in one
+line naming the layer or operation; never a traceback, never a success that did nothing."""
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from slimlab import suite
+from slimlab.models.zoo import ARCHITECTURES, build_architecture
+from slimlab.prune import tp_engine
+
+MODELS = list(ARCHITECTURES)
+METHODS = list(suite.METHODS)
+MIN_PASS_FRACTION = 0.95
+
+
+@pytest.fixture(autouse=True)
+def _short_tracer_limit(monkeypatch):
+    monkeypatch.setattr(tp_engine, "TIME_LIMIT_S", 20)  # Swin's loop is refused after 20 s instead of 60
+
+
+@functools.lru_cache(maxsize=None)
+def _probe(name: str) -> suite.Probe:
+    return suite.make_probe(build_architecture(name), size=ARCHITECTURES[name].input_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _cell(name: str, method: str) -> suite.Cell:
+    torch.manual_seed(0)
+    return suite.run_cell(name, method, _probe(name))
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("method", METHODS)
+def test_each_cell_passes_or_refuses_in_one_line(name, method):
+    cell = _cell(name, method)
+    assert cell.status in ("pass", "refused"), f"{name} x {method}: {cell.message}"
+    if cell.status == "refused":
+        assert "\n" not in cell.message and len(cell.message) < 600 and "Traceback" not in cell.message
+        assert any(word in cell.message for word in (type(_probe(name).model).__name__, "layer", "op", "engine")), cell.message
+
+
+def test_the_suite_covers_the_families_and_passes_95_percent():
+    assert len(MODELS) >= 18 and len({a.family for a in ARCHITECTURES.values()}) >= 12
+    cells = [_cell(n, m) for m in METHODS for n in MODELS]
+    passed = [c for c in cells if c.status == "pass"]
+    assert len(passed) / len(cells) >= MIN_PASS_FRACTION, [(c.model, c.method, c.message) for c in cells if c.status != "pass"]
+
+
+CONVOLUTIONAL = [n for n in MODELS if n not in ("vit", "swin")]
+
+
+def test_pt2e_passes_on_every_convolutional_model():
+    assert [n for n in CONVOLUTIONAL if _cell(n, "static pt2e").status != "pass"] == []
+
+
+def test_structured_pruning_prunes_at_least_as_many_models_as_torch_pruning():
+    ours = {n for n in MODELS if _cell(n, "structured").status == "pass"}
+    theirs = {n for n in MODELS if _cell(n, "torch-pruning").status == "pass"}
+    assert theirs <= ours and len(ours) >= len(theirs)
+    for name in ours:  # halving the channels leaves about a quarter of a conv between two pruned groups
+        assert _cell(name, "structured").figures["params_left"] <= suite.structured_max_left(_probe(name).model)
+
+
+def test_onnxruntime_passes_on_vgg_alexnet_and_the_attention_models():
+    assert {n: _cell(n, "static onnxruntime").status for n in ("vgg11_bn", "alexnet", "vit", "swin")} == dict.fromkeys(
+        ("vgg11_bn", "alexnet", "vit", "swin"), "pass")
