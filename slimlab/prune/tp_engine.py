@@ -93,14 +93,11 @@ def prune_torch_pruning_(model: nn.Module, amount: float, example: torch.Tensor,
 
 
 def _run_pruner(tp, model, example, importance, amount, scope, ignored, heads, round_to) -> None:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # its guesses about raw parameters are its own business; the result is checked
-        pruner = tp.pruner.MetaPruner(model.eval(), example, importance=importance, pruning_ratio=amount,
-                                      global_pruning=scope == "global", ignored_layers=ignored, num_heads=heads,
-                                      round_to=round_to if round_to > 1 else None)
-        pruner.step()
+    # Its warnings (guessed dimensions of raw parameters) stay visible: slimlab silences no library's warnings.
+    pruner = tp.pruner.MetaPruner(model.eval(), example, importance=importance, pruning_ratio=amount,
+                                  global_pruning=scope == "global", ignored_layers=ignored, num_heads=heads,
+                                  round_to=round_to if round_to > 1 else None)
+    pruner.step()
 
 
 def _width(module: nn.Module) -> int:

@@ -1,0 +1,77 @@
+"""The coverage record of a run: per layer int8 or float and why, per channel group pruned or why not, a summary in
+`show`, and a compression step that compresses nothing fails in one line instead of recording a run that claims it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import slimlab
+from conftest import tiny_config
+from slimlab.config import build_config
+from slimlab.display import record_lines
+from slimlab.errors import SlimlabError
+from slimlab.quantize import DynamicConfig, quantize_dynamic_
+from slimlab.quantize.coverage import explain, layer_coverage, refuse_no_op, summary
+
+
+def _run(store_dir, steps):
+    return slimlab.run(build_config(tiny_config(steps=steps, **{"train.epochs": 1})), store_dir, progress=False)
+
+
+def test_a_quantized_run_records_why_each_float_layer_stayed_float(store_dir):
+    record = _run(store_dir, [{"kind": "quantize", "method": "static", "skip": ["fc"]}])
+    assert record.status == "done", record.error
+    rows = json.loads((store_dir / "runs" / record.id / "quant_layers.json").read_text())
+    floats = [r for r in rows if r["weight_dtype"] == "float32"]
+    assert [(r["name"], r["reason"]) for r in floats] == [("fc", "user skip")]
+    assert all(r["reason"] == "" for r in rows if r["weight_dtype"] == "int8")
+    line = record.notes["coverage"][0]
+    assert line == f"quantize (static, x86): {len(rows) - 1} of {len(rows)} layers int8; 1 float: 1 user skip"
+    assert any(f"coverage: {line}" in text for text in record_lines(record))
+
+
+def test_a_quantization_that_leaves_every_layer_float_fails_in_one_line(store_dir):
+    record = _run(store_dir, [{"kind": "quantize", "method": "dynamic", "skip": ["fc"]}])  # resnet20: fc is its only Linear
+    assert record.status == "failed"
+    assert "dynamic quantization left all" in record.error and "nothing was compressed" in record.error
+    assert "no dynamic kernel" in record.error and "\n" not in record.error
+
+
+def test_a_pruned_run_records_its_engine_and_the_groups_it_kept(store_dir):
+    record = _run(store_dir, [{"kind": "prune", "method": "ln_structured", "amount": 0.5, "after_round": "none"}])
+    assert record.status == "done", record.error
+    line = record.notes["coverage"][0]
+    assert line.startswith("prune (ln_structured, engine slimlab): ") and "channel groups pruned" in line
+    assert "feeds the output" in line and record.metrics["prune_params_after"] < 0.5 * record.metrics["prune_params_before"]
+
+
+class Attention(nn.Module):
+    """A transformer block's attention as torchvision writes Swin's: the projection's weight read, never called."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.mha, self.head = nn.Linear(8, 24), nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, x):
+        q, k, v = nn.functional.linear(x, self.qkv.weight, self.qkv.bias).chunk(3, -1)
+        return self.head(self.mha(q, k, v)[0].mean(1))
+
+
+def test_dynamic_quantization_of_attention_keeps_read_projections_float_and_says_why():
+    model, x = Attention().eval(), torch.randn(2, 5, 8)
+    expected = model(x)
+    quantized = quantize_dynamic_(model, DynamicConfig(), example=x)
+    assert torch.allclose(quantized(x), expected, atol=0.05)  # before: AttributeError / TypeError inside attention
+    rows = explain(layer_coverage(quantized), Attention(), "dynamic", known_reasons=quantized.slimlab_float_reasons)
+    why = {r["name"]: r["reason"] for r in rows}
+    assert why["head"] == "" and "never called" in why["qkv"] and "MultiheadAttention" in why["mha.out_proj"]
+    assert summary(rows).startswith("1 of 3 layers int8; 2 float: 1 unsupported op (")
+
+
+def test_refuse_no_op_names_the_first_layer():
+    rows = [{"name": "features.0", "type": "Conv2d", "weight_dtype": "float32", "reason": "no dynamic kernel"}]
+    with pytest.raises(SlimlabError, match="left all 1 weighted layers float .*first: features.0 Conv2d"):
+        refuse_no_op(rows, "dynamic")
