@@ -112,11 +112,26 @@ def test_compression_steps_name_no_extra_and_ask_their_declarations(folder):
     assert not naming, naming
 
 
-def test_config_keeps_no_list_of_extras():
-    """TrainConfig takes the extras' and optimizers' fields from their packages, not from a list of imports."""
+def test_train_config_names_every_plugin_fields_class_and_no_plugin_code():
+    """TrainConfig's bases are written out (issue 27): every `...Fields` class an extra or optimizer brings is one of
+    them, so a forgotten key fails here, and config.py imports their config-only fields.py, never a plug-in's code."""
     from slimlab.config import TrainConfig
-    from slimlab.extras import extras
+    from slimlab.plugins import package_modules
 
+    declared = {value for package in ("slimlab.extras", "slimlab.optimizers") for module in package_modules(package)
+                for name, value in vars(module).items() if name.endswith("Fields") and isinstance(value, type)}
+    assert {"LookaheadFields", "WeightAverageFields", "MuonFields"} <= {c.__name__ for c in declared}
+    assert declared <= set(TrainConfig.__mro__), declared - set(TrainConfig.__mro__)
     assert {"lookahead_steps", "ema_decay", "muon_lr"} <= set(TrainConfig.model_fields)
-    source = (PACKAGE / "config.py").read_text()
-    assert not [name for name in extras() if f"extras.{name}" in source]
+    tree = ast.parse((PACKAGE / "config.py").read_text())
+    plugins = {m for m in _imports(tree) if m.startswith(("slimlab.extras", "slimlab.optimizers"))}
+    assert {"slimlab.extras.fields", "slimlab.optimizers.fields"} <= plugins  # the check sees them
+    assert plugins <= {"slimlab.extras.fields", "slimlab.optimizers.fields", "slimlab.optimizers"}, plugins  # + the registry
+
+
+def test_every_step_kind_is_validated_by_the_class_it_runs_with():
+    """config.step_configs is a static map; the steps registry must agree with it, kind for kind."""
+    from slimlab.config import step_configs
+    from slimlab.steps import step_kinds
+
+    assert {kind: entry.config_type for kind, entry in step_kinds().items()} == step_configs()
