@@ -135,3 +135,19 @@ def test_every_step_kind_is_validated_by_the_class_it_runs_with():
     from slimlab.steps import step_kinds
 
     assert {kind: entry.config_type for kind, entry in step_kinds().items()} == step_configs()
+
+
+def test_the_report_answers_each_question_in_one_module_and_defines_each_metric_once():
+    """Issue 27: at most 8 modules in slimlab/report/, and the record keys a metric reads (the latency's spelling
+    included) written only in metrics.py, so a renamed key or a new unit is one edit."""
+    modules = sorted(p.name for p in (PACKAGE / "report").glob("*.py"))
+    assert len(modules) <= 8, modules
+    from slimlab.report.metrics import METRICS
+
+    record_keys = {"_median_ms", "model_size_bytes", "total_train_seconds", "quant_sqnr_db", "prune_sparsity",
+                   "prune_nonzero_macs_after", "prune_sparse_bytes", "train_energy_j"}
+    assert all(m.read({key: 1.0 for key in record_keys | {"top1", "float_top1", "quant_rel_l2", "nonzero_params", "macs"}})
+               is not None for m in METRICS.values())  # the list covers what the metrics read
+    elsewhere = [(name, key) for name in modules if name != "metrics.py"
+                 for key in record_keys if key in (PACKAGE / "report" / name).read_text()]
+    assert not elsewhere, elsewhere
