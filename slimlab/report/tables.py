@@ -90,9 +90,22 @@ def runs_table(study: Study) -> Table:
     return Table("runs", f"Runs: {study.name}", headers, [_run_row(r, batches) for r in study.runs])
 
 
+def coverage_table(study: Study) -> Table:
+    """Per variant, what its compression steps covered: layers int8 and why others stayed float, channel groups pruned
+    (the `coverage` notes of its first finished run; every seed of a variant compresses the same layers)."""
+    rows = []
+    for variant, runs in study.groups().items():
+        done = next((r for r in runs if r.record and r.record.status == "done"), None)
+        for line in (done.record.notes.get("coverage") or []) if done else []:
+            step, _, what = line.partition(": ")
+            rows.append([variant, step, what])
+    return Table("coverage", f"Coverage: {study.name}", ["variant", "step", "what it compressed, and what not and why"], rows)
+
+
 def build_tables(study: Study) -> list[Table]:
     """Every table of a report, in page order: a new table is a function returning a `Table` and an entry here."""
-    return [comparison_table(study), runs_table(study)]
+    coverage = coverage_table(study)  # only where a step compressed something
+    return [comparison_table(study), *([coverage] if coverage.rows else []), runs_table(study)]
 
 
 def to_csv(table: Table) -> str:
