@@ -129,7 +129,7 @@ def cmd_reindex(args) -> int:
 
 def cmd_table(args) -> int:
     from slimlab.report import load_study
-    from slimlab.report.seed_table import seed_table
+    from slimlab.report.tables import seed_table
 
     print(seed_table(load_study(_store(args, must_exist=True).root, args.study)))
     return 0
@@ -177,7 +177,8 @@ def cmd_recommend(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from slimlab.report.compare import compare_runs, find_runs
+    from slimlab.report.study import find_runs
+    from slimlab.report.tables import compare_runs
 
     print(compare_runs(find_runs(_store(args, must_exist=True), args.ids)))
     return 0

@@ -10,8 +10,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slimlab.errors import ConfigError
-from slimlab.plugins import plugin_fields
+from slimlab.extras.fields import LookaheadFields, WeightAverageFields
 from slimlab.fingerprint import content_fingerprint
+from slimlab.optimizers.fields import MuonFields
 
 # Bump whenever a field is added, removed or changes meaning: the run id changes with it, so old results
 # are never silently reused under a new meaning (a golden-hash test pins the current value).
@@ -84,9 +85,9 @@ class ModelConfig(Strict):
         return v
 
 
-# The extras' and optimizers' own fields, declared in their files (classes named ...Fields) and composed here as flat
-# `train:` keys: a new extra or optimizer brings its keys without an edit here.
-class TrainConfig(Strict, *plugin_fields("slimlab.extras"), *plugin_fields("slimlab.optimizers")):
+# The extras' and optimizers' own keys, as flat `train:` keys: classes in their packages' fields.py, which define
+# config classes only, so this module imports no extra's or optimizer's code (a test checks every one is named here).
+class TrainConfig(Strict, LookaheadFields, WeightAverageFields, MuonFields):
     epochs: int = Field(20, ge=0)
     batch_size: int = Field(128, gt=0)
     optimizer: str = Field("sgd", description="a registered optimizer (slimlab/optimizers/): sgd, or muon: convolution "
@@ -174,8 +175,6 @@ class ExperimentConfig(Strict):
     @field_validator("steps")
     @classmethod
     def _steps_known(cls, v):
-        from slimlab.steps import validate_step
-
         return [validate_step(i, s) for i, s in enumerate(v)]
 
     @model_validator(mode="after")
@@ -184,6 +183,35 @@ class ExperimentConfig(Strict):
             raise ValueError(f"data.train_subset ({self.data.train_subset}) is smaller than train.batch_size "
                              f"({self.train.batch_size}): training drops a short last batch, so no step would run")
         return self
+
+
+def step_configs() -> dict[str, type[BaseModel]]:
+    """Each step kind and the class that validates it: a static map (slimlab.steps registers each kind's code with
+    the same class). Imported here, when a step is validated, not at the top: importing them initializes slimlab.prune
+    and slimlab.quantize, whose code imports this module."""
+    from slimlab.prune.config import PruneStepConfig
+    from slimlab.quantize.step_config import QuantizeStepConfig
+
+    return {"prune": PruneStepConfig, "quantize": QuantizeStepConfig}
+
+
+def validate_step(index: int, raw: dict) -> dict:
+    """Check one step mapping {'kind': ..., ...}; returns it with defaults filled in (so the hash sees them)."""
+    kinds = step_configs()
+    if not isinstance(raw, dict) or "kind" not in raw:
+        raise ValueError(f"step {index} needs a 'kind' (one of: {', '.join(sorted(kinds))})")
+    kind = raw["kind"]
+    if kind not in kinds:
+        raise ValueError(f"step {index}: unknown kind {kind!r} (known: {', '.join(sorted(kinds))})")
+    body = {k: v for k, v in raw.items() if k != "kind"}
+    try:
+        parsed = kinds[kind].model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        raise ValueError(f"step {index} ({kind}): {where + ': ' if where else ''}{msg}") from None
+    return {"kind": kind, **parsed.model_dump(mode="json")}
 
 
 def canonical_json(config: ExperimentConfig) -> str:
@@ -216,7 +244,7 @@ def resolved_runtime(config: ExperimentConfig, device: str | None = None) -> dic
     if device == "cuda":
         precision = "bf16-autocast" if config.train.amp else "fp32"
     else:
-        from slimlab.train import cpu_has_native_bf16
+        from slimlab.cpu_features import cpu_has_native_bf16
 
         precision = "bf16-autocast" if config.train.cpu_bf16 and cpu_has_native_bf16() else "fp32"
     return {"device": device, "precision": precision}

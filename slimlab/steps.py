@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 if TYPE_CHECKING:  # types only: the registry stays importable without torch or the data package
     import torch
@@ -86,25 +86,6 @@ def register_step(kind: str, config_type: type[BaseModel]):
 def step_kinds() -> dict[str, StepKind]:
     _load_builtin()
     return dict(_STEPS)
-
-
-def validate_step(index: int, raw: dict) -> dict:
-    """Check one step mapping {'kind': ..., ...}; returns it with defaults filled in (so the hash sees them)."""
-    kinds = step_kinds()
-    if not isinstance(raw, dict) or "kind" not in raw:
-        raise ValueError(f"step {index} needs a 'kind' (one of: {', '.join(sorted(kinds)) or 'none registered'})")
-    kind = raw["kind"]
-    if kind not in kinds:
-        raise ValueError(f"step {index}: unknown kind {kind!r} (known: {', '.join(sorted(kinds)) or 'none'})")
-    body = {k: v for k, v in raw.items() if k != "kind"}
-    try:
-        parsed = kinds[kind].config_type.model_validate(body)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        raise ValueError(f"step {index} ({kind}): {where + ': ' if where else ''}{msg}") from None
-    return {"kind": kind, **parsed.model_dump(mode="json")}
 
 
 def _load_builtin() -> None:

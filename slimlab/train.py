@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from slimlab.config import TrainConfig
+from slimlab.cpu_features import cpu_has_native_bf16
 from slimlab.data.loader import DeviceLoader
 from slimlab.extras import ExtraContext, build_extras, extras
 from slimlab.optimizers import make_optimizer, optimizers
@@ -82,11 +83,6 @@ def lr_multiplier(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainC
         done = step / max(1, total_steps)
         return cfg.gamma ** sum(done >= m for m in cfg.milestones)
     return 1.0
-
-
-def cpu_has_native_bf16() -> bool:
-    """oneDNN's own check for AVX512-BF16 or AMX; without them bf16 is emulated and slower than fp32."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def training_precision(device: torch.device, cfg: TrainConfig) -> str:

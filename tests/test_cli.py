@@ -120,3 +120,21 @@ def test_methods_lists_every_registered_extension(capsys):
     assert "switched off" in listing["train extra weight_average"]  # its fine-tuning declaration, as the steps read it
     assert main(["methods", "taylor", "--json"]) == 0
     assert list(json.loads(capsys.readouterr().out)) == ["prune.method taylor"]
+
+
+def test_the_cheap_commands_import_no_torch(one_run):
+    """`--help`, `status` and `studies` read no model: `import slimlab` resolves its API on first use (issue 27), so
+    they start in a fraction of torch's import time."""
+    store, run_id, _ = one_run
+    from slimlab.store import Store
+
+    Store(store).save_study({"name": "tiny", "runs": [{"id": run_id, "label": "base", "variant": "base", "point": {}}], "trainings": [],
+                             "created": 0})
+    probe = ("import runpy, sys\nsys.argv = ['slimlab', *sys.argv[1:]]\ntry:\n    runpy.run_module('slimlab', run_name='__main__')\n"
+             "except SystemExit as exc:\n    code = exc.code\nprint('TORCH' if 'torch' in sys.modules else 'NO TORCH', code, file=sys.stderr)\n")
+    for command in (["--help"], ["status", "--store", str(store)], ["studies", "--store", str(store)]):
+        done = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert done.stderr.splitlines()[-1] == "NO TORCH 0", (command, done.stderr[-800:])
+        assert "tiny" in done.stdout or command == ["--help"], done.stdout
+    done = subprocess.run([sys.executable, "-c", probe, "models"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.stderr.splitlines()[-1] == "TORCH 0"  # the probe sees torch where a command needs it: the registry's models

@@ -112,11 +112,42 @@ def test_compression_steps_name_no_extra_and_ask_their_declarations(folder):
     assert not naming, naming
 
 
-def test_config_keeps_no_list_of_extras():
-    """TrainConfig takes the extras' and optimizers' fields from their packages, not from a list of imports."""
+def test_train_config_names_every_plugin_fields_class_and_no_plugin_code():
+    """TrainConfig's bases are written out (issue 27): every `...Fields` class an extra or optimizer brings is one of
+    them, so a forgotten key fails here, and config.py imports their config-only fields.py, never a plug-in's code."""
     from slimlab.config import TrainConfig
-    from slimlab.extras import extras
+    from slimlab.plugins import package_modules
 
+    declared = {value for package in ("slimlab.extras", "slimlab.optimizers") for module in package_modules(package)
+                for name, value in vars(module).items() if name.endswith("Fields") and isinstance(value, type)}
+    assert {"LookaheadFields", "WeightAverageFields", "MuonFields"} <= {c.__name__ for c in declared}
+    assert declared <= set(TrainConfig.__mro__), declared - set(TrainConfig.__mro__)
     assert {"lookahead_steps", "ema_decay", "muon_lr"} <= set(TrainConfig.model_fields)
-    source = (PACKAGE / "config.py").read_text()
-    assert not [name for name in extras() if f"extras.{name}" in source]
+    tree = ast.parse((PACKAGE / "config.py").read_text())
+    plugins = {m for m in _imports(tree) if m.startswith(("slimlab.extras", "slimlab.optimizers"))}
+    assert {"slimlab.extras.fields", "slimlab.optimizers.fields"} <= plugins  # the check sees them
+    assert plugins <= {"slimlab.extras.fields", "slimlab.optimizers.fields", "slimlab.optimizers"}, plugins  # + the registry
+
+
+def test_every_step_kind_is_validated_by_the_class_it_runs_with():
+    """config.step_configs is a static map; the steps registry must agree with it, kind for kind."""
+    from slimlab.config import step_configs
+    from slimlab.steps import step_kinds
+
+    assert {kind: entry.config_type for kind, entry in step_kinds().items()} == step_configs()
+
+
+def test_the_report_answers_each_question_in_one_module_and_defines_each_metric_once():
+    """Issue 27: at most 8 modules in slimlab/report/, and the record keys a metric reads (the latency's spelling
+    included) written only in metrics.py, so a renamed key or a new unit is one edit."""
+    modules = sorted(p.name for p in (PACKAGE / "report").glob("*.py"))
+    assert len(modules) <= 8, modules
+    from slimlab.report.metrics import METRICS
+
+    record_keys = {"_median_ms", "model_size_bytes", "total_train_seconds", "quant_sqnr_db", "prune_sparsity",
+                   "prune_nonzero_macs_after", "prune_sparse_bytes", "train_energy_j"}
+    assert all(m.read({key: 1.0 for key in record_keys | {"top1", "float_top1", "quant_rel_l2", "nonzero_params", "macs"}})
+               is not None for m in METRICS.values())  # the list covers what the metrics read
+    elsewhere = [(name, key) for name in modules if name != "metrics.py"
+                 for key in record_keys if key in (PACKAGE / "report" / name).read_text()]
+    assert not elsewhere, elsewhere

@@ -6,7 +6,7 @@ import pytest
 from conftest import tiny_config
 from slimlab.errors import ConfigError
 from slimlab.plan import load_study
-from slimlab.report.seed_table import seed_table
+from slimlab.report.tables import seed_table
 from slimlab.report.study import load_study as report_study
 from slimlab.store import Store
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import JPEG_ARCHIVE, tiny_config
 from slimlab.config import build_config
 from slimlab.report import format_recommendation, list_studies, load_study, recommend, write_experiment, write_report
-from slimlab.report.pareto import non_dominated
+from slimlab.report.figures import non_dominated
 from slimlab.report.tables import comparison_table
 from slimlab.store import Store
 
@@ -129,8 +129,8 @@ def test_failed_pending_and_unmeasured_runs_are_shown_not_dropped(hand_store, tm
 
 
 def test_pareto_figure_marks_the_front_of_the_study(hand_store):
-    from slimlab.report.fields import METRICS
-    from slimlab.report.tradeoffs import pareto_chart
+    from slimlab.report.figures import pareto_chart
+    from slimlab.report.metrics import METRICS
 
     chart = pareto_chart("pareto_size", load_study(hand_store, "hand"), METRICS["size"], "size", [])
     front, dominated = chart.series[0], chart.series[1]
@@ -184,7 +184,7 @@ def report(tmp_path_factory) -> Path:
 
 
 def test_report_page_is_offline_and_holds_every_figure(report):
-    from slimlab.report.interactive import plotly_js
+    from slimlab.report.page import plotly_js
 
     page = report.read_text()
     assert page.count(plotly_js()) == 1  # inlined once; its own strings name map-tile servers it never calls here

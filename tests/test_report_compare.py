@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from slimlab.errors import ConfigError
-from slimlab.report.compare import compare_rows, compare_runs, config_differences, find_runs, flatten
+from slimlab.report.study import find_runs, flatten
+from slimlab.report.tables import compare_rows, compare_runs, config_differences
 from slimlab.store import RunRecord, Store
 
 

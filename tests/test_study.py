@@ -301,3 +301,16 @@ def test_impossible_study_flags_are_one_line_before_anything_is_written(tmp_path
     out = _cli("study", str(write_study(tmp_path, {})), "--store", str(tmp_path / "store"), *flags)
     assert out.returncode == 2 and match in out.stderr.strip().splitlines()[-1]  # the error's one line, after argparse's usage
     assert not (tmp_path / "store").exists()
+
+
+def test_an_orphaned_worker_ends_quietly(tmp_path, capfd):
+    """A worker whose driver is gone (killed) exits 0 without a traceback: its stderr is the next driver's log too."""
+    import multiprocessing as mp
+
+    from slimlab.executors.local import _start_worker, worker_environments
+
+    worker = _start_worker(mp.get_context("spawn"), worker_environments(1, [])[0], str(tmp_path / "store"))
+    worker.conn.close()  # the driver's end of the pipe, as when the driver is killed
+    worker.process.join(timeout=120)
+    assert worker.process.exitcode == 0
+    assert "Traceback" not in capfd.readouterr().err

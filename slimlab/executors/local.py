@@ -44,7 +44,15 @@ def worker_environments(jobs: int, gpus: list[str]) -> list[dict]:
 
 
 def _worker_main(conn: Connection, env: dict, store_root: str) -> None:
-    """A worker: set its threads and GPU before torch starts, then execute tasks until told to stop."""
+    """A worker; one whose driver is gone (killed) ends quietly: its traceback would land in the next driver's log."""
+    try:
+        _serve(conn, env, store_root)
+    except (EOFError, BrokenPipeError):  # what it finished is in the store; the next driver runs the rest
+        pass
+
+
+def _serve(conn: Connection, env: dict, store_root: str) -> None:
+    """Set the threads and GPU before torch starts, then execute tasks until told to stop."""
     os.environ.update(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     import torch

@@ -3,7 +3,7 @@
 An extra registers a builder that returns its callback for a config (or None when the config leaves it off) and
 declares, where it is defined, whether it may run while fine-tuning a pruned or fake-quantized model and which config
 updates switch it off. Compression steps ask `slimlab.train.fine_tuning_overrides`, so a new extra cannot be forgotten by a list.
-The package imports no torch: TrainConfig composes the extras' config fields from these files."""
+An extra's config keys are a class in fields.py (config classes only), which TrainConfig names as a base."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -3,15 +3,7 @@ move part way to the optimizer's weights, which restart from them. Dense trainin
 back weights a mask removed."""
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
-
 from slimlab.extras import ExtraContext, register_extra
-
-
-class LookaheadFields(BaseModel):
-    lookahead_steps: int | None = Field(None, ge=2, description="Lookahead (Zhang et al. 2019): every k steps pull a slow "
-                                        "copy of the weights toward the SGD weights and restart SGD from it")
-    lookahead_alpha: float = Field(0.5, gt=0, le=1, description="Lookahead: the fraction of the way the slow weights move")
 
 
 class Lookahead:
@@ -33,7 +25,7 @@ class Lookahead:
             self.sync()
 
     def sync(self) -> None:
-        import torch  # torch here, not at the top: TrainConfig reads this file's fields without importing torch
+        import torch  # here, not at the top: listing the extras (the registry imports each file) needs no torch
 
         with torch.no_grad():
             torch._foreach_lerp_(self.slow, self._fast, self.alpha)

@@ -2,14 +2,7 @@
 training finishes on it. Dense training only: the average would bring back weights a mask removed."""
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
-
 from slimlab.extras import ExtraContext, register_extra
-
-
-class WeightAverageFields(BaseModel):
-    ema_decay: float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the weights "
-                                    "(per step) and finish with it; dense training only")
 
 
 class WeightAverage:
@@ -32,7 +25,7 @@ class WeightAverage:
         self._other = [(self.average[k], v) for k, v in live.items() if not v.dtype.is_floating_point]
 
     def update(self) -> None:
-        import torch  # torch here, not at the top: TrainConfig reads this file's fields without importing torch
+        import torch  # here, not at the top: listing the extras (the registry imports each file) needs no torch
 
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))

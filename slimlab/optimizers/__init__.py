@@ -2,7 +2,8 @@
 
 The registry imports no torch: config validation reads the names, and a factory's file is only imported when it is
 looked up. A factory declares whether it may fine-tune a pruned or fake-quantized model (`fine_tuning`) and which of
-its config keys are learning rates that scale with `train.lr` when a fine-tune picks its own peak rate."""
+its config keys are learning rates that scale with `train.lr` when a fine-tune picks its own peak rate; its config keys
+are a class in fields.py (config classes only), which TrainConfig names as a base."""
 from __future__ import annotations
 
 from dataclasses import dataclass

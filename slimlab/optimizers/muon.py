@@ -1,16 +1,9 @@
 """Muon (Jordan et al. 2024, the algorithm in slimlab/muon.py) for the convolution weights, SGD for the rest.
 
-Its config fields (`muon_lr`, `muon_momentum`) live here; TrainConfig composes them under `train:` as flat keys."""
+Its config fields (`muon_lr`, `muon_momentum`) are `MuonFields` in fields.py, a base of TrainConfig (flat `train:` keys)."""
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
-
 from slimlab.optimizers import decay_groups, register_optimizer
-
-
-class MuonFields(BaseModel):
-    muon_lr: float = Field(0.03, gt=0, description="muon: peak step size of each convolution weight, relative to its norm")
-    muon_momentum: float = Field(0.9, ge=0, lt=1, description="muon: momentum of the convolution weights' steps")
 
 
 # A fine-tune's own peak rate scales muon_lr by the same factor as lr, so it is as gentle on the convolutions.

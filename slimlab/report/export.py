@@ -13,11 +13,9 @@ from pathlib import Path
 import yaml
 
 from slimlab.errors import require
-from slimlab.report.compare import flatten
-from slimlab.report.fields import METRICS, latency_metric
-from slimlab.report.study import Study, StudyRun, load_study
+from slimlab.report.metrics import METRICS, latency_batches, latency_metric
+from slimlab.report.study import Study, StudyRun, flatten, load_study
 
-_LATENCY = re.compile(r"latency_b(\d+)_median_ms$")
 HPARAM_METRICS = ["top1", "top1_change", "size", "sparsity", "macs", "quant_sqnr", "train_time"]  # then latencies
 
 
@@ -65,8 +63,7 @@ def _number(value) -> bool:
 
 def _final_metrics(study: Study) -> list:
     """The headline metrics for the hparams view, each a Metric with a label and unit; latencies per batch size."""
-    batches = sorted({int(m.group(1)) for r in study.runs for k in r.metrics if (m := _LATENCY.match(k))})
-    return [METRICS[k] for k in HPARAM_METRICS] + [latency_metric(b) for b in batches]
+    return [METRICS[k] for k in HPARAM_METRICS] + [latency_metric(b) for b in latency_batches(r.metrics for r in study.runs)]
 
 
 def _run_dir_name(run: StudyRun) -> str:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from slimlab.report import fields
-from slimlab.report.fields import METRICS, Metric
+from slimlab.report.metrics import METRICS, Metric, joined, mean_std, metric, values_of
 from slimlab.report.study import StudyRun
 from slimlab.report.tables import fmt
 
@@ -46,33 +45,33 @@ class Recommendation:
 
 def accuracy_change(run: StudyRun) -> float | None:
     """Top-1 minus the float parent's; 0 for a run without compression steps, None when the parent is unknown."""
-    m = run.metrics
-    if "float_top1" in m:
-        return m["top1"] - m["float_top1"]
-    return 0.0 if "top1" in m and not run.record.config.get("steps") else None
+    change = METRICS["top1_change"].read(run.metrics)
+    if change is not None:
+        return change
+    return 0.0 if "top1" in run.metrics and not run.record.config.get("steps") else None
 
 
 def _rejection(runs: list[StudyRun], objective: Metric) -> str | None:
     done = [r for r in runs if r.status == "done"]
     failed = [r for r in runs if r.failure]
     if failed:
-        return f"{len(failed)} of {len(runs)} runs failed ({fields.joined(r.failure for r in failed)})"
+        return f"{len(failed)} of {len(runs)} runs failed ({joined(r.failure for r in failed)})"
     if not done:
-        return fields.joined(r.status for r in runs)
+        return joined(r.status for r in runs)
     if any(accuracy_change(r) is None for r in done):
         return "no float parent accuracy recorded"
     if objective.key.startswith("latency_b") and any(r.record.notes.get("latency_status") == "pending" for r in done):
         return "latency pending"
-    if len(fields.values(done, objective)) < len(done):
+    if len(values_of(done, objective)) < len(done):
         return f"no {objective.label}"
     return None
 
 
 def _candidate(group: str, runs: list[StudyRun], objective: Metric) -> Candidate:
     done = [r for r in runs if r.status == "done"]
-    change, change_std = fields.mean_std([accuracy_change(r) for r in done])
-    top1, top1_std = fields.mean_std(fields.values(done, METRICS["top1"]))
-    return Candidate(group, done, fields.mean_std(fields.values(done, objective))[0], top1, top1_std, change - (change_std or 0.0))
+    change, change_std = mean_std([accuracy_change(r) for r in done])
+    top1, top1_std = mean_std(values_of(done, METRICS["top1"]))
+    return Candidate(group, done, mean_std(values_of(done, objective))[0], top1, top1_std, change - (change_std or 0.0))
 
 
 def _parent(run: StudyRun, runs: list[StudyRun]) -> StudyRun | None:
@@ -87,7 +86,7 @@ def recommend(runs: list[StudyRun], max_drop: float = 1.0, minimize: str = "late
     by `minimize` (latency_bN, size, energy, macs), lowest first; every other configuration is named with why."""
     if max_drop < 0:
         raise ValueError(f"max_drop: expected a non-negative number of points, got {max_drop}")
-    objective = fields.metric(minimize)
+    objective = metric(minimize)
     groups: dict[str, list[StudyRun]] = {}
     for run in runs:
         groups.setdefault(run.group, []).append(run)
@@ -112,7 +111,7 @@ def write_experiment(candidate: Candidate, path: str | Path) -> Path:
 
 
 def _figure(runs: list[StudyRun], m: Metric) -> str:
-    mean, std = fields.mean_std(fields.values(runs, m))
+    mean, std = mean_std(values_of(runs, m))
     return "" if mean != mean else fmt(mean) + (f" ± {fmt(std)}" if std is not None else "")
 
 

@@ -1,4 +1,5 @@
-"""A study as the report sees it: every run it lists, found in the store or not, with its label, variant and point."""
+"""What is in the store for a study: every run it lists, found in the store or not, with its label, variant and
+point; the studies a store holds; runs by id prefix; a run's config as the dotted keys `--set` takes."""
 from __future__ import annotations
 
 import json
@@ -184,3 +185,19 @@ def list_studies(store_root: str | Path) -> list[dict]:
         done, failed = sum(r.status == "done" for r in runs), sum(r.status == "failed" for r in runs)
         rows.append({"name": name, "runs": len(runs), "done": done, "failed": failed, "pending": len(runs) - done - failed})
     return rows
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, object]:
+    """`{"train": {"lr": 0.1}, "steps": [{"kind": "prune"}]}` -> `{"train.lr": 0.1, "steps.0.kind": "prune"}`: the
+    dotted keys `--set` takes. A list of plain values stays one value."""
+    flat: dict[str, object] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{dotted}."))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                flat.update(flatten(item, f"{dotted}.{i}."))
+        else:
+            flat[dotted] = value
+    return flat

@@ -1,15 +1,30 @@
-"""What a report reads from a record: each metric with its label and unit, latency states, data set, device, spread."""
+"""What a report reads from a record, defined once: each metric with its label and unit (latencies per batch size
+included), the latency states, the data set and device of a run, and the spread over replicates."""
 from __future__ import annotations
 
 import math
 import re
 import statistics
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 from slimlab.report.study import StudyRun
 
-_LATENCY = re.compile(r"latency_b(\d+)_median_ms$")
+# The one spelling of a latency in a record's metrics (`latency_b64_median_ms`): every reader goes through these.
+LATENCY_KEY = re.compile(r"latency_b(\d+)_median_ms$")
+
+
+def latency_key(batch: int) -> str:
+    """The record's key of the median latency at `batch` images."""
+    return f"latency_b{batch}_median_ms"
+
+
+def latency_batches(metrics: Iterable[dict], configs: Iterable[dict] = ()) -> list[int]:
+    """Batch sizes with a latency in any of `metrics`, or due in any of `configs` (their measure.batch_sizes)."""
+    found = {int(m.group(1)) for ms in metrics for k in ms if (m := LATENCY_KEY.match(k))}
+    for config in configs:
+        found.update(config.get("measure", {}).get("batch_sizes", []))
+    return sorted(found)
 
 
 @dataclass(frozen=True)
@@ -46,7 +61,8 @@ METRICS = {
 
 
 def latency_metric(batch: int) -> Metric:
-    return Metric(f"latency_b{batch}", f"Latency, batch {batch}, median (ms)", _scaled(f"latency_b{batch}_median_ms", 1))
+    """The median latency at `batch` images, as the metric `latency_b{batch}`."""
+    return Metric(f"latency_b{batch}", f"Latency, batch {batch}, median (ms)", _scaled(latency_key(batch), 1))
 
 
 def metric(key: str) -> Metric:
@@ -61,11 +77,7 @@ def metric(key: str) -> Metric:
 
 def batch_sizes(runs: list[StudyRun]) -> list[int]:
     """Batch sizes with a latency measured, or due, in any of the runs."""
-    found = {int(m.group(1)) for r in runs for k in r.metrics if (m := _LATENCY.match(k))}
-    for r in runs:
-        if r.record:
-            found.update(r.record.config.get("measure", {}).get("batch_sizes", []))
-    return sorted(found)
+    return latency_batches((r.metrics for r in runs), (r.record.config for r in runs if r.record))
 
 
 def latency_state(run: StudyRun, batch: int) -> str:
@@ -74,16 +86,16 @@ def latency_state(run: StudyRun, batch: int) -> str:
         return "missing"
     if run.record.notes.get("latency_status") == "pending":
         return "pending"
-    if f"latency_b{batch}_median_ms" not in run.metrics:
+    if latency_key(batch) not in run.metrics:
         return "missing"
     return "noisy" if run.record.notes.get("latency_noisy") else "measured"
 
 
-def device(run: StudyRun) -> str:
+def device_of(run: StudyRun) -> str:
     return run.record.env.get("device", "unknown device") if run.record else "unknown device"
 
 
-def dataset(run: StudyRun) -> str:
+def dataset_of(run: StudyRun) -> str:
     return run.record.config.get("data", {}).get("name", "unknown data") if run.record else "unknown data"
 
 
@@ -99,6 +111,6 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def values(runs: list[StudyRun], m: Metric) -> list[float]:
+def values_of(runs: list[StudyRun], m: Metric) -> list[float]:
     """The metric of each done run that has it."""
     return [v for r in runs if (v := m.read(r.metrics)) is not None]
