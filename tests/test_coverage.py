@@ -34,10 +34,11 @@ def test_a_quantized_run_records_why_each_float_layer_stayed_float(store_dir):
 
 
 def test_a_quantization_that_leaves_every_layer_float_fails_in_one_line(store_dir):
-    record = _run(store_dir, [{"kind": "quantize", "method": "dynamic", "skip": ["fc"]}])  # resnet20: fc is its only Linear
-    assert record.status == "failed"
-    assert "dynamic quantization left all" in record.error and "nothing was compressed" in record.error
-    assert "no dynamic kernel" in record.error and "\n" not in record.error
+    with pytest.raises(SlimlabError) as caught:  # resnet20: fc is its only Linear
+        _run(store_dir, [{"kind": "quantize", "method": "dynamic", "skip": ["fc"]}])
+    message = str(caught.value)
+    assert message.startswith("dynamic quantization left all 22 weighted layers float (21 no dynamic kernel, 1 user skip")
+    assert message.endswith("nothing was compressed") and "\n" not in message
 
 
 def test_a_pruned_run_records_its_engine_and_the_groups_it_kept(store_dir):
