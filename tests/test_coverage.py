@@ -76,3 +76,22 @@ def test_refuse_no_op_names_the_first_layer():
     rows = [{"name": "features.0", "type": "Conv2d", "weight_dtype": "float32", "reason": "no dynamic kernel"}]
     with pytest.raises(SlimlabError, match="left all 1 weighted layers float .*first: features.0 Conv2d"):
         refuse_no_op(rows, "dynamic")
+
+
+def test_the_report_has_a_coverage_table_per_variant(tmp_path):
+    from slimlab.report.study import load_study
+    from slimlab.report.tables import build_tables, coverage_table
+    from slimlab.store import Store
+
+    store, runs = Store(tmp_path / "store"), []
+    lines = {"float": [], "int8": ["quantize (static, x86): 6 of 8 layers int8; 2 float: 2 unsupported op (attention)"]}
+    for variant, coverage in lines.items():
+        config = {"name": f"c:{variant}/seed=0", "seed": 0, "data": {"name": "synthetic"}, "model": {"name": "resnet20"}}
+        store.start(variant, config, config["name"])
+        store.finish(variant, {"top1": 50.0}, {"coverage": coverage}, {"device": "cpu"}, [])
+        runs.append({"id": variant, "label": f"{variant}/seed=0", "variant": variant, "point": {"seed": 0}, "training": None})
+    (store.root / "studies").mkdir()
+    (store.root / "studies" / "c.json").write_text(json.dumps({"name": "c", "source": "c.yaml", "updated": 0.0, "axes": ["seed"], "runs": runs}))
+    study = load_study(store.root, "c")
+    assert coverage_table(study).rows == [["int8", "quantize (static, x86)", "6 of 8 layers int8; 2 float: 2 unsupported op (attention)"]]
+    assert "coverage" in [t.key for t in build_tables(study)]
