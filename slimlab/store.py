@@ -2,7 +2,10 @@
 
 Every file is written atomically. `index.sqlite` can be deleted at any time and is rebuilt from the folders
 (`Store.reindex`). A store opened with `index=False` (a compute node on a network filesystem, where SQLite's locking
-is unsafe) writes the folders only; the next process that opens it with the index picks those records up.
+is unsafe) writes the folders only; the next process that opens it with the index picks those records up. A store
+opened `readonly` (every reader, and any store this user may not write) creates, changes and deletes nothing: it reads
+the index through SQLite's read-only URI where it is current and the folders for the rest. The index uses a rollback
+journal, not WAL, which SQLite supports on one host only.
 """
 from __future__ import annotations
 
@@ -105,10 +108,12 @@ class Store:
 
     RECORD, CONFIG, HISTORY, CHECKPOINT, HEARTBEAT = "record.json", "config.json", "history.json", "checkpoint.pt", "heartbeat.json"
 
-    def __init__(self, root: str | Path = DEFAULT_STORE, index: bool = True):
-        self.root = open_store_root(Path(root))
+    def __init__(self, root: str | Path = DEFAULT_STORE, index: bool = True, readonly: bool = False):
+        root = Path(root)
+        self.readonly = readonly or (root.is_dir() and not os.access(root, os.W_OK))
+        self.root = root if self.readonly else open_store_root(root)
         self.use_index = index
-        if index:  # the driver's job; a compute node does not walk a shared filesystem at every start
+        if index and not self.readonly:  # the driver's job; a compute node does not walk a shared filesystem at every start
             remove_leftover_temps(self.root)
             self._open_index()
 
@@ -120,7 +125,7 @@ class Store:
 
     def _open_index(self) -> None:
         with self._connect() as db:
-            db.execute("pragma journal_mode=wal")
+            db.execute("pragma journal_mode=delete")  # WAL needs memory shared between processes: one host only
             columns = [row[1] for row in db.execute("pragma table_info(runs)")]
             if columns and "record" not in columns:  # an index from before the folders held the records
                 _migrate_legacy_rows(self, db)
@@ -129,7 +134,7 @@ class Store:
 
     def sync(self) -> int:
         """Bring the index up to date with the run folders (records written elsewhere, e.g. by compute nodes)."""
-        if not self.use_index:
+        if not self.use_index or self.readonly:
             return 0
         with self._connect() as db:
             known = dict(db.execute("select id, mtime_ns from runs"))
@@ -152,12 +157,38 @@ class Store:
 
     def reindex(self) -> int:
         """Rebuild index.sqlite from the run folders; returns the number of runs indexed."""
-        for suffix in ("", "-wal", "-shm"):
+        self._check_writable()
+        for suffix in ("", "-wal", "-shm", "-journal"):
             (self.root / f"index.sqlite{suffix}").unlink(missing_ok=True)
         self.use_index = True
         self._open_index()
         with self._connect() as db:
             return db.execute("select count(*) from runs").fetchone()[0]
+
+    def _indexed_rows(self) -> dict[str, tuple[int, str]]:
+        """Id -> (mtime_ns, record text) from the index, opened read-only; {} when it is missing or cannot be read."""
+        path = self.root / "index.sqlite"
+        if not self.use_index or not path.is_file():
+            return {}
+        try:
+            with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as db:
+                return {i: (m, text) for i, m, text in db.execute("select id, mtime_ns, record from runs")}
+        except sqlite3.Error:  # an old WAL index in a read-only folder, a hot journal: the folders are the truth
+            return {}
+
+    def _read_rows(self) -> list[dict]:
+        """Every record, from the index where its row is current and from its folder otherwise; writes nothing."""
+        indexed, rows = self._indexed_rows(), []
+        for path in (self.root / "runs").glob(f"*/{self.RECORD}"):
+            mtime, (known, text) = _mtime_ns(path), indexed.get(path.parent.name, (None, ""))
+            row = json.loads(text) if mtime and known == mtime else self._read(path.parent.name)
+            if row:
+                rows.append(row)
+        return sorted(rows, key=lambda r: r["created"])
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise SlimlabError(f"--store {self.root}: opened read-only (this user cannot write it); nothing was changed")
 
     # --- folders ---
     def run_dir(self, run_id: str) -> Path:
@@ -198,6 +229,7 @@ class Store:
 
     # --- lifecycle ---
     def _write(self, record: dict) -> None:
+        self._check_writable()
         record["updated"] = time.time()
         path = self.run_dir(record["id"]) / self.RECORD
         write_atomic(path, _dumps(record))
@@ -213,6 +245,7 @@ class Store:
 
     def start(self, run_id: str, config: dict, name: str = "") -> None:
         """Mark a run as running (creating it, or re-opening a failed or interrupted one) by this process."""
+        self._check_writable()
         old = self._read(run_id) or {}
         write_atomic(self.run_dir(run_id) / self.CONFIG, _dumps(config))
         self._write({"id": run_id, "status": "running", "name": name or old.get("name", ""), "config": config,
@@ -317,13 +350,12 @@ class Store:
 
     def runs(self, status: str | None = None) -> list[RunRecord]:
         """Every run, oldest first (optionally one status; `stale` is a running run whose process is gone)."""
-        if self.use_index:
+        if self.use_index and not self.readonly:
             self.sync()
             with self._connect() as db:
                 rows = [json.loads(text) for (text,) in db.execute("select record from runs order by created")]
         else:
-            rows = sorted(filter(None, (self._read(p.parent.name) for p in (self.root / "runs").glob(f"*/{self.RECORD}"))),
-                          key=lambda r: r["created"])
+            rows = self._read_rows()
         records = [self._record(row) for row in rows]
         return [r for r in records if status is None or r.status == status]
 
@@ -391,4 +423,4 @@ def read_statuses(root: str | Path, run_ids: list[str]) -> dict[str, str]:
 
 def load_runs(store: str | Path = DEFAULT_STORE, status: str | None = None) -> list[RunRecord]:
     """All runs in a store (optionally only one status)."""
-    return Store(store).runs(status)
+    return Store(store, readonly=True).runs(status)
