@@ -171,6 +171,46 @@ def test_a_study_killed_twice_resumes_with_one_done_record_per_point_and_repeats
     assert _trainings(counted) <= 3 * 3 + 2 * 2  # 3 parents x 3 epochs, plus the epoch each kill cut short in each worker
 
 
+def _children(pid: int) -> list[int]:
+    """The live (not zombie) processes whose parent is `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process parents from /proc")
+def test_workers_die_with_their_driver_when_it_is_sigkilled(tmp_path, counted):
+    base = tiny_config(**{"train.epochs": 20, "model.name": "counted:build", "data.options": {"train_size": 256, "test_size": 64}})
+    store = tmp_path / "store"
+    driver = _study_process(write_study(tmp_path, {"seeds": [0, 1]}, base), store)
+    deadline = time.time() + 120
+    while time.time() < deadline and _trainings(counted) < 2 and driver.poll() is None:
+        time.sleep(0.05)  # both workers are in their trainings
+    workers = _children(driver.pid)
+    assert len(workers) >= 2 and driver.poll() is None, "the study ended before its workers could be seen"
+    os.kill(driver.pid, signal.SIGKILL)  # the driver alone, not its process group
+    driver.wait()
+    time.sleep(5)
+    orphans = [pid for pid in workers if _alive(pid)]
+    for pid in orphans:  # the old behaviour: do not leave them computing after the test
+        os.kill(pid, signal.SIGKILL)
+    assert orphans == []
+    assert {r.status for r in Store(store).runs()} <= {"stale"}  # their runs resume at the next invocation
+
+
 def test_the_index_deleted_and_rebuilt_gives_the_same_runs_json(tmp_path, counted):
     store = tmp_path / "store"
     _execute(write_study(tmp_path, {"seeds": [0, 1]}), store, executor="inline")
