@@ -279,20 +279,56 @@ class Store:
     @contextlib.contextmanager
     def heartbeat(self, run_id: str, every: float = HEARTBEAT_SECONDS):
         """Beat in a background thread while the block runs."""
-        stop = threading.Event()
-
-        def loop():
-            while not stop.wait(every):
-                with contextlib.suppress(OSError):
-                    self.beat(run_id)
-
-        thread = threading.Thread(target=loop, name=f"heartbeat-{run_id}", daemon=True)
-        thread.start()
-        try:
+        with _repeating(lambda: self.beat(run_id), every, f"heartbeat-{run_id}"):
             yield
-        finally:
-            stop.set()
-            thread.join()
+
+    @contextlib.contextmanager
+    def driving(self, study: str, every: float = HEARTBEAT_SECONDS):
+        """Be the one driver of `study` while the block runs, or raise StudyBusy at once, naming the live driver: on
+        this host its flock (locks/study-NAME.lock) is held, on another its heartbeat (locks/study-NAME.driver.json)
+        is younger than STALE_AFTER_SECONDS. A second driver would otherwise wait a whole run on each run's lock."""
+        self._check_writable()
+        beat_path = self.root / "locks" / f"study-{study}.driver.json"
+        owner = _read_json(beat_path)
+        if owner and _driver_alive(owner):  # on another host, or where flock is missing
+            raise StudyBusy(study, owner, self.root)
+        with self._try_lock(f"study-{study}") as held:
+            if not held:
+                raise StudyBusy(study, _read_json(beat_path) or {}, self.root)
+
+            def beat():
+                write_atomic(beat_path, _dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}))
+
+            beat()
+            try:
+                with _repeating(beat, every, f"driver-{study}"):
+                    yield
+            finally:
+                beat_path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _try_lock(self, name: str):
+        """An flock on locks/NAME.lock without waiting: yields whether it is held (True where flock is missing)."""
+        try:
+            import fcntl
+        except ImportError:
+            yield True
+            return
+        path = self.root / "locks" / f"{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            except OSError:  # no flock on this filesystem: the heartbeat is the guard
+                yield True
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # --- artifacts ---
     def save_artifact(self, run_id: str, name: str, data: bytes) -> Path:
@@ -365,6 +401,51 @@ class Store:
                          row.get("env", {}), row.get("error"), row["created"], row["updated"], failure=row.get("failure"),
                          host=row.get("host") or "", pid=row.get("pid") or 0, attempts=row.get("attempts", 1),
                          seconds=row["finished"] - row["started"] if row.get("finished") and row.get("started") else None)
+
+
+class StudyBusy(SlimlabError):
+    """Another live process drives the study."""
+
+    def __init__(self, study: str, owner: dict, root: Path):
+        who = f"pid {owner.get('pid', '?')} on {owner.get('host', 'this host')}"
+        age = f", heartbeat {time.time() - owner['time']:.0f} s ago" if "time" in owner else ""
+        super().__init__(f"study {study} is already being run by {who}{age}; follow it with `slimlab status {study} "
+                         f"--store {root}`, or run this again once it has ended (what it leaves undone is resumed)")
+
+
+@contextlib.contextmanager
+def _repeating(fn, every: float, name: str):
+    """Call `fn` every `every` seconds in a background thread while the block runs (a failed write is skipped)."""
+    stop = threading.Event()
+
+    def loop():
+        while not stop.wait(every):
+            with contextlib.suppress(OSError):
+                fn()
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _driver_alive(owner: dict) -> bool:
+    """A driver's heartbeat is recent and, on this host, its process is alive and not this one."""
+    if time.time() - owner.get("time", 0) > STALE_AFTER_SECONDS:
+        return False
+    if owner.get("host") == socket.gethostname():
+        return owner.get("pid") != os.getpid() and _pid_alive(int(owner.get("pid", 0)))
+    return True
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def is_stale(root: Path, record: dict) -> bool:

@@ -211,6 +211,26 @@ def test_workers_die_with_their_driver_when_it_is_sigkilled(tmp_path, counted):
     assert {r.status for r in Store(store).runs()} <= {"stale"}  # their runs resume at the next invocation
 
 
+def test_a_second_driver_on_a_live_study_says_so_in_one_line_and_every_run_is_done_once(tmp_path, counted):
+    base = tiny_config(**{"train.epochs": 3, "model.name": "counted:build", "data.options": {"train_size": 256, "test_size": 64}})
+    path = write_study(tmp_path, {"seeds": [0, 1], "variants": {"a": {}, "b": {"measure": {"batch_sizes": [2]}}}}, base)
+    store = tmp_path / "store"
+    first = _study_process(path, store)
+    deadline = time.time() + 120
+    while time.time() < deadline and _trainings(counted) < 1:
+        time.sleep(0.05)
+    started = time.time()
+    second = _cli("study", str(path), "--store", str(store), "--quiet")
+    assert time.time() - started < 30 and first.poll() is None  # it did not wait on the first one's locks
+    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+    assert f"study study is already being run by pid {first.pid} on " in second.stderr
+    assert first.wait(timeout=600) == 0
+    records = Store(store).runs()
+    assert len(records) == 4 and all(r.status == "done" and r.attempts == 1 for r in records)
+    assert _trainings(counted) == 2 * 3  # each parent trained once
+    assert not (store / "locks" / "study-study.driver.json").exists()  # the first one, done, is no longer the driver
+
+
 def test_the_index_deleted_and_rebuilt_gives_the_same_runs_json(tmp_path, counted):
     store = tmp_path / "store"
     _execute(write_study(tmp_path, {"seeds": [0, 1]}), store, executor="inline")
