@@ -403,6 +403,37 @@ class Store:
                          seconds=row["finished"] - row["started"] if row.get("finished") and row.get("started") else None)
 
 
+class SharedResults:
+    """Results that sibling runs of one parent share (a lottery ticket's early pruning rounds, which its controls
+    reuse), kept with the parent's training files. A miss holds that result's lock until it is saved (or the block
+    ends), so siblings that run at the same time wait for it and it is computed once."""
+
+    def __init__(self, store: Store, training_key: str):
+        self.store, self.key, self.held = store, training_key, {}
+
+    def load(self, name: str):
+        lock = contextlib.ExitStack()
+        lock.enter_context(self.store.exclusive(f"shared-{self.key}-{name}", f"slimlab: waiting for a sibling run computing {name}"))
+        value = self.store.load_training_file(self.key, f"{name}.pt")
+        if value is None:
+            self.held[name] = lock  # this run computes it; the others wait for save()
+        else:
+            lock.close()
+        return value
+
+    def save(self, name: str, value) -> None:
+        self.store.save_training_file(self.key, f"{name}.pt", value)
+        if name in self.held:
+            self.held.pop(name).close()
+
+    def __enter__(self) -> SharedResults:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in list(self.held):
+            self.held.pop(name).close()
+
+
 class StudyBusy(SlimlabError):
     """Another live process drives the study."""
 

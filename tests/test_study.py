@@ -231,6 +231,22 @@ def test_a_second_driver_on_a_live_study_says_so_in_one_line_and_every_run_is_do
     assert not (store / "locks" / "study-study.driver.json").exists()  # the first one, done, is no longer the driver
 
 
+def test_a_ticket_and_its_control_on_two_workers_train_each_shared_round_once(tmp_path, counted):
+    step = {"kind": "prune", "method": "l1", "scope": "global", "amount": 0.8, "schedule": "iterative", "rounds": 3,
+            "after_round": "finetune", "finetune_epochs": 1}
+    base = {**tiny_config(**{"train.epochs": 1, "model.name": "counted:build", "data.options": {"train_size": 256, "test_size": 64}}),
+            "steps": [step]}
+    variants = {"ticket": {}, "control": {"steps": [{**step, "control": "random_mask"}]}}
+    outcome = _execute(write_study(tmp_path, {"variants": variants}, base), tmp_path / "store", jobs=2)
+    assert list(outcome.statuses.values()) == ["done", "done"], outcome.messages
+    # The parent's epoch, rounds 1 and 2 once (whichever run came first; the other waited and reused them), and each
+    # run's own last round: 1 + 2 + 2 epochs. Without a lock both runs compute rounds 1 and 2: 1 + 3 + 3.
+    assert _trainings(counted) == 5
+    ticket, control = sorted(Store(tmp_path / "store").runs(), key=lambda r: r.name != "study:ticket")
+    for r in (1, 2):
+        assert control.metrics[f"round{r}_top1"] == ticket.metrics[f"round{r}_top1"]
+
+
 def test_the_index_deleted_and_rebuilt_gives_the_same_runs_json(tmp_path, counted):
     store = tmp_path / "store"
     _execute(write_study(tmp_path, {"seeds": [0, 1]}), store, executor="inline")
