@@ -31,6 +31,10 @@ def _manifest(store, name="study"):
     return json.loads((store / "studies" / f"{name}.json").read_text())
 
 
+def _trainings(count_file) -> int:
+    return len(count_file.read_text().splitlines()) if count_file.exists() else 0
+
+
 def _index_rows(store) -> int:
     with sqlite3.connect(store / "index.sqlite") as db:
         return db.execute("select count(*) from runs").fetchone()[0]
@@ -140,3 +144,71 @@ def test_the_runs_of_a_parent_whose_training_fails_are_cancelled_and_say_why(clu
     records = Store(tmp_path / "store").runs()
     assert len(records) == 2 and all(r.status == "failed" and r.failure == "error" for r in records)
     assert all("its parent training (slurm job" in r.error and "ended FAILED" in r.error for r in records)
+
+
+def _wrap(folder, name: str, body: str) -> None:
+    """A `name` earlier on the PATH than SLURM's: `body` (bash) may exit; otherwise the real command runs."""
+    import shutil
+
+    real = shutil.which(name)
+    folder.mkdir(exist_ok=True)
+    script = folder / name
+    script.write_text(f"#!/bin/bash\n{body}\nexec {real} \"$@\"\n")
+    script.chmod(0o755)
+
+
+def test_job_queries_failing_for_a_while_resubmit_nothing_and_lose_nothing(cluster_env, tmp_path, counted):
+    base = tiny_config(**{"train.epochs": 2, "model.name": "counted:build", "data.options": {"train_size": 256, "test_size": 64}})
+    path = write_study(tmp_path, {"variants": {"a": {}, "b": {"measure": {"batch_sizes": [2]}}}}, base)
+    store, wrappers, until = tmp_path / "store", tmp_path / "bin", tmp_path / "fail_until"
+    until.write_text("0")
+    fail = (f'if [ "$(date +%s)" -lt "$(cat {until})" ]; then echo "slurm_load_jobs error: Unable to contact slurm '
+            'controller (connect failure)" >&2; exit 1; fi')
+    for name in ("squeue", "sacct"):
+        _wrap(wrappers, name, fail)
+    _wrap(wrappers, "scontrol", f'if [ "$1" = show ] && [ "$2" = job ]; then {fail}; fi')
+    driver = subprocess.Popen([sys.executable, "-m", "slimlab", "study", str(path), "--store", str(store), "--executor", "slurm",
+                               "--retries", "1", "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PATH": f"{wrappers}{os.pathsep}{os.environ['PATH']}"})
+    deadline = time.time() + 120
+    while time.time() < deadline and "slurm_jobs" not in (_manifest(store) if (store / "studies" / "study.json").exists() else {}):
+        time.sleep(0.1)
+    until.write_text(str(int(time.time()) + 40))  # longer than one query's tries (31 s of pauses)
+    out, err = driver.communicate(timeout=600)
+    assert driver.returncode == 0, out + err
+    assert "cannot ask SLURM how the jobs are doing" in err and "killed" not in err  # unknown, never read as gone
+    records = Store(store).runs()
+    assert len(records) == 2 and all(r.status == "done" and r.attempts == 1 for r in records)  # nothing ran twice
+    assert _trainings(counted) == 2
+    assert [j["kind"] for j in _manifest(store)["slurm_jobs"]] == ["train", "run", "latency"]  # nothing resubmitted
+
+
+def test_sbatch_refused_half_way_is_recorded_so_the_rerun_submits_only_what_is_missing(cluster_env, tmp_path, counted):
+    base = tiny_config(**{"train.epochs": 2, "model.name": "counted:build", "data.options": {"train_size": 256, "test_size": 64}})
+    path = write_study(tmp_path, {"variants": {"a": {}, "b": {"measure": {"batch_sizes": [2]}}}}, base)
+    store, wrappers, calls = tmp_path / "store", tmp_path / "bin", tmp_path / "sbatch_calls"
+    _wrap(wrappers, "sbatch", f'echo x >> {calls}; if [ "$(wc -l < {calls})" -eq 2 ]; then echo "sbatch: error: Batch job '
+          'submission failed: Job violates accounting/QOS policy (job submit limit)" >&2; exit 1; fi')
+    refused = subprocess.run([sys.executable, "-m", "slimlab", "study", str(path), "--store", str(store), "--executor", "slurm",
+                              "--detach", "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "PATH": f"{wrappers}{os.pathsep}{os.environ['PATH']}"})
+    assert refused.returncode == 2 and "sbatch refused the run jobs" in refused.stderr, refused.stderr
+    assert [j["kind"] for j in _manifest(store)["slurm_jobs"]] == ["train"]  # the one sbatch took, recorded at once
+    rerun = _study(str(path), "--store", str(store))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert [j["kind"] for j in _manifest(store)["slurm_jobs"]] == ["train", "run", "latency"]  # the training not again
+    assert _trainings(counted) == 2
+    assert [(r.status, r.attempts) for r in Store(store).runs()] == [("done", 1), ("done", 1)]
+
+
+def test_force_and_retrain_on_slurm_run_done_runs_again(cluster_env, tmp_path, counted):
+    base = tiny_config(**{"train.epochs": 2, "model.name": "counted:build", "data.options": {"train_size": 256, "test_size": 64}})
+    path = write_study(tmp_path, {"variants": {"a": {}, "b": {"measure": {"batch_sizes": [2]}}}}, base)
+    store = tmp_path / "store"
+    assert _study(str(path), "--store", str(store)).returncode == 0
+    assert _study(str(path), "--store", str(store), "--force").returncode == 0
+    assert [(r.status, r.attempts) for r in Store(store).runs()] == [("done", 2), ("done", 2)]
+    assert _trainings(counted) == 2  # --force reuses the finished parent
+    assert _study(str(path), "--store", str(store), "--retrain").returncode == 0
+    assert [(r.status, r.attempts) for r in Store(store).runs()] == [("done", 3), ("done", 3)]
+    assert _trainings(counted) == 4  # the parent trained again, and every run made again from it
