@@ -31,6 +31,12 @@ def _manifest(store, name="study"):
     return json.loads((store / "studies" / f"{name}.json").read_text())
 
 
+def _submitted(store, kind: str) -> bool:
+    """Whether an array of `kind` is in the study's manifest yet."""
+    path = store / "studies" / "study.json"
+    return path.exists() and any(j["kind"] == kind for j in _manifest(store).get("slurm_jobs", []))
+
+
 def _trainings(count_file) -> int:
     return len(count_file.read_text().splitlines()) if count_file.exists() else 0
 
@@ -101,7 +107,7 @@ def test_an_attached_study_records_a_cancelled_run_as_killed_and_retries_it(clus
     driver = subprocess.Popen([sys.executable, "-m", "slimlab", "study", str(path), "--store", str(store), "--executor", "slurm",
                                "--retries", "1", "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and "slurm_jobs" not in (_manifest(store) if (store / "studies" / "study.json").exists() else {}):
+    while time.time() < deadline and not _submitted(store, "latency"):  # each array is recorded as sbatch takes it
         time.sleep(0.2)
     run_job = next(j for j in _manifest(store)["slurm_jobs"] if j["kind"] == "run")
     cluster_env.wait_for(run_job["id"], {"RUNNING"}, timeout=180)
@@ -171,7 +177,7 @@ def test_job_queries_failing_for_a_while_resubmit_nothing_and_lose_nothing(clust
                                "--retries", "1", "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PATH": f"{wrappers}{os.pathsep}{os.environ['PATH']}"})
     deadline = time.time() + 120
-    while time.time() < deadline and "slurm_jobs" not in (_manifest(store) if (store / "studies" / "study.json").exists() else {}):
+    while time.time() < deadline and not _submitted(store, "latency"):  # each array is recorded as sbatch takes it
         time.sleep(0.1)
     until.write_text(str(int(time.time()) + 40))  # longer than one query's tries (31 s of pauses)
     out, err = driver.communicate(timeout=600)
@@ -212,3 +218,29 @@ def test_force_and_retrain_on_slurm_run_done_runs_again(cluster_env, tmp_path, c
     assert _study(str(path), "--store", str(store), "--retrain").returncode == 0
     assert [(r.status, r.attempts) for r in Store(store).runs()] == [("done", 3), ("done", 3)]
     assert _trainings(counted) == 4  # the parent trained again, and every run made again from it
+
+
+def _fake(folder, name: str, body: str) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(f"#!/bin/bash\n{body}\n")
+    (folder / name).chmod(0o755)
+
+
+def test_forgotten_jobs_are_asked_of_sacct_in_one_call_and_a_failing_query_is_unknown(tmp_path, monkeypatch):
+    from slimlab.executors import slurm
+
+    monkeypatch.setattr(slurm, "QUERY_BACKOFF_S", (0.0, 0.0))
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    _fake(bin_dir, "squeue", f'echo "squeue $*" >> {log}; echo "7|0|RUNNING"; echo "7|1|PENDING"')
+    _fake(bin_dir, "sacct", f'echo "sacct $*" >> {log}; printf "5_0|COMPLETED\\n5_[1-2%%1]|CANCELLED by 0\\n6|TIMEOUT\\n"')
+    table = slurm.job_table(["5", "6", "7", "8"])
+    assert table == {"5": {0: "COMPLETED", 1: "CANCELLED", 2: "CANCELLED"}, "6": {None: "TIMEOUT"},
+                     "7": {0: "RUNNING", 1: "PENDING"}, "8": {}}  # 8: known to neither, gone
+    assert log.read_text().splitlines() == ["squeue -h -r -t all -j 5,6,7,8 -o %F|%K|%T",
+                                            "sacct -X -n -P -o JobID,State -j 5,6,8"]  # one call each
+    _fake(bin_dir, "squeue", f'echo "squeue" >> {log}; echo "Unable to contact slurm controller" >&2; exit 1')
+    log.unlink()
+    assert slurm.job_table(["5"]) is None and len(log.read_text().splitlines()) == 3  # tried 3 times, then unknown
+    with pytest.raises(slurm.SlimlabError, match="nothing was submitted, so nothing runs twice"):
+        slurm.active_refs([{"id": "5", "kind": "run", "file": "x", "offset": 0, "size": 1}])
