@@ -170,7 +170,8 @@ def _execute(config: ExperimentConfig, run_id: str, store: Store, options: RunOp
     key = training_hash(config, device.type)
     shared = SharedResults(store, key)
     context = StepContext(config, data, progress, history=list(history), weights_at_epoch=snapshots,
-                          time_latency=not options.defer_latency, cache_load=shared.load, cache_save=shared.save)
+                          time_latency=not options.defer_latency, cache_load=shared.load, cache_save=shared.save,
+                          load_phase=lambda name: store.load_phase(run_id, name), save_phase=lambda name, state: store.save_phase(run_id, name, state))
     context.notes["trained_weights"] = str(store.training_dir(key) / TRAINED_WEIGHTS)
     if history:
         context.notes["train_precision"] = history[-1]["precision"]

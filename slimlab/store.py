@@ -107,6 +107,7 @@ class Store:
     """Runs keyed by config hash under `root`: runs/<id>/record.json (the truth), trained/<key>/, index.sqlite."""
 
     RECORD, CONFIG, HISTORY, CHECKPOINT, HEARTBEAT = "record.json", "config.json", "history.json", "checkpoint.pt", "heartbeat.json"
+    PHASES = "phases"  # runs/<id>/phases/: epoch checkpoints of the run's own training phases, until it is done
 
     def __init__(self, root: str | Path = DEFAULT_STORE, index: bool = True, readonly: bool = False):
         root = Path(root)
@@ -258,6 +259,18 @@ class Store:
         write_atomic(self.run_dir(run_id) / self.HISTORY, _dumps(history))
         self._write({**self._read(run_id), "status": "done", "metrics": metrics, "notes": notes, "env": env,
                      "error": None, "failure": None, "finished": time.time()})
+        for path in (self.run_dir(run_id) / self.PHASES).glob("*.pt"):  # done: a forced rerun starts its phases afresh
+            path.unlink(missing_ok=True)
+
+    def save_phase(self, run_id: str, name: str, state: dict) -> None:
+        """The epoch checkpoint of a phase of the run that trains (a pruning round, QAT), to resume inside it."""
+        save_torch_atomic(state, self.run_dir(run_id) / self.PHASES / f"{name}.pt")
+
+    def load_phase(self, run_id: str, name: str) -> dict | None:
+        import torch
+
+        path = self.run_dir(run_id) / self.PHASES / f"{name}.pt"
+        return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
 
     def fail(self, run_id: str, reason: str, failure: str = "error") -> None:
         """Record a failed run with its reason and class (one of FAILURE_CLASSES)."""
