@@ -244,3 +244,27 @@ def test_forgotten_jobs_are_asked_of_sacct_in_one_call_and_a_failing_query_is_un
     assert slurm.job_table(["5"]) is None and len(log.read_text().splitlines()) == 3  # tried 3 times, then unknown
     with pytest.raises(slurm.SlimlabError, match="nothing was submitted, so nothing runs twice"):
         slurm.active_refs([{"id": "5", "kind": "run", "file": "x", "offset": 0, "size": 1}])
+
+
+def test_a_run_job_told_its_time_is_up_inside_a_pruning_round_resumes_inside_it(cluster_env, tmp_path, counted):
+    step = {"kind": "prune", "method": "l1", "scope": "global", "amount": 0.5, "schedule": "iterative", "rounds": 2,
+            "after_round": "finetune", "finetune_epochs": 6}
+    base = {**tiny_config(**{"train.epochs": 1, "model.name": "counted:build", "data.options": {"train_size": 512, "test_size": 64}}),
+            "steps": [step]}
+    store = tmp_path / "store"
+    assert _study(str(write_study(tmp_path, {}, base)), "--store", str(store), "--detach").returncode == 0
+    jobs = _manifest(store)["slurm_jobs"]
+    run_job = next(j["id"] for j in jobs if j["kind"] == "run")
+    deadline = time.time() + 300
+    while time.time() < deadline and _trainings(counted) < 1 + 3:  # the third epoch of round 1 has begun
+        time.sleep(0.05)
+    # What SLURM sends SIGNAL_BEFORE_LIMIT_S before the time limit: USR1 to the batch shell, which requeues the job.
+    cluster_env.run(["scancel", "--batch", "--signal=USR1", f"{run_job}_0"])
+    for job in jobs:
+        cluster_env.wait_done(job["id"], timeout=300)
+    [record] = cluster_env.jobs(run_job)
+    assert record["Restarts"] == "1" and record["JobState"] == "COMPLETED"
+    epochs_run = _trainings(counted)
+    assert 1 + 12 <= epochs_run <= 1 + 12 + 1, epochs_run  # resumed inside round 1: at most the epoch it was in is lost
+    [run] = Store(store).runs()
+    assert run.status == "done" and run.attempts == 2
