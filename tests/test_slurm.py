@@ -260,11 +260,15 @@ def test_a_run_job_told_its_time_is_up_inside_a_pruning_round_resumes_inside_it(
         time.sleep(0.05)
     # What SLURM sends SIGNAL_BEFORE_LIMIT_S before the time limit: USR1 to the batch shell, which requeues the job.
     cluster_env.run(["scancel", "--batch", "--signal=USR1", f"{run_job}_0"])
+    while time.time() < deadline and _trainings(counted) < 1 + 6 + 3:  # resumed, and the third epoch of round 2 begun
+        time.sleep(0.05)
+    cluster_env.run(["scontrol", "requeue", f"{run_job}_0"])  # what a preemption does
     for job in jobs:
         cluster_env.wait_done(job["id"], timeout=300)
     [record] = cluster_env.jobs(run_job)
-    assert record["Restarts"] == "1" and record["JobState"] == "COMPLETED"
+    assert record["Restarts"] == "2" and record["JobState"] == "COMPLETED"
     epochs_run = _trainings(counted)
-    assert 1 + 12 <= epochs_run <= 1 + 12 + 1, epochs_run  # resumed inside round 1: at most the epoch it was in is lost
+    assert 1 + 12 <= epochs_run <= 1 + 12 + 2, epochs_run  # resumed inside each round: at most the epoch it was in is lost
     [run] = Store(store).runs()
-    assert run.status == "done" and run.attempts == 2
+    assert run.status == "done" and run.attempts == 3
+    assert run.env["executor"].endswith("requeued 2 times (1 at the time limit, 1 preempted or its node failed)")

@@ -146,7 +146,8 @@ def batch_script(task_file: Path, offset: int, threads: int | None) -> str:
     command = shlex.join([sys.executable, "-m", "slimlab.executors.slurm", str(task_file), str(offset)])
     env = f"export OMP_NUM_THREADS={threads} SLIMLAB_THREADS={threads}\n" if threads else ""
     return (f"#!/bin/bash\n{env}"
-            f"trap 'if [ \"${{SLURM_RESTART_COUNT:-0}}\" -lt {MAX_REQUEUES} ]; then scontrol requeue \"$SLURM_JOB_ID\"; fi' USR1\n"
+            f"trap 'if [ \"${{SLURM_RESTART_COUNT:-0}}\" -lt {MAX_REQUEUES} ]; then "
+            f"echo limit >> \"{task_file.parent}/.at-limit-$SLURM_JOB_ID\"; scontrol requeue \"$SLURM_JOB_ID\"; fi' USR1\n"
             f"{command} &\nchild=$!\n"
             "wait $child; status=$?\n"  # a trap ends the wait early: wait again while the task still runs
             "while kill -0 $child 2>/dev/null; do wait $child; status=$?; done\n"
@@ -328,11 +329,25 @@ def remember_job(store: Store, study: str, job: dict) -> None:
     store.save_study({**manifest, "slurm_jobs": [*manifest.get("slurm_jobs", []), job]})
 
 
+def requeues(folder: Path, job: str) -> str:
+    """How often this job was requeued, and why: its own trap near the time limit leaves a line in .at-limit-JOB;
+    any other requeue was SLURM's (preemption, a node failure)."""
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    if not restarts:
+        return ""
+    try:
+        at_limit = len((folder / f".at-limit-{job}").read_text().splitlines())
+    except OSError:
+        at_limit = 0
+    return f", requeued {restarts} times ({at_limit} at the time limit, {restarts - at_limit} preempted or its node failed)"
+
+
 def main(argv: list[str]) -> int:
     """On a compute node: execute the task group this array task stands for, writing run folders only."""
     task_file, offset = Path(argv[0]), int(argv[1])
     data = json.loads(task_file.read_text())
-    os.environ.setdefault("SLIMLAB_EXECUTOR", f"slurm job {os.environ.get('SLURM_JOB_ID', '?')} on {os.uname().nodename}")
+    job = os.environ.get("SLURM_JOB_ID", "?")
+    os.environ.setdefault("SLIMLAB_EXECUTOR", f"slurm job {job} on {os.uname().nodename}{requeues(task_file.parent, job)}")
     import torch
 
     if os.environ.get("SLIMLAB_THREADS"):
