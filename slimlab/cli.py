@@ -9,7 +9,7 @@ import sys
 from slimlab.errors import SlimlabError
 
 
-def _store(args, must_exist: bool = False, index: bool = True):
+def _store(args, must_exist: bool = False, index: bool = True, readonly: bool = False):
     """The result store; commands that only read it refuse a folder that holds none (a mistyped --store)."""
     from pathlib import Path
 
@@ -18,7 +18,13 @@ def _store(args, must_exist: bool = False, index: bool = True):
     root = Path(args.store)
     if must_exist and not ((root / "index.sqlite").is_file() or (root / "runs").is_dir()):
         raise SlimlabError(f"no slimlab store at {args.store} (no index.sqlite or runs/ there); pass --store DIR or set SLIMLAB_STORE")
-    return Store(root, index=index)
+    return Store(root, index=index, readonly=readonly)
+
+
+def _reader(args):
+    """The store of a command that only reads: it must exist, and it is opened read-only (nothing is created, changed
+    or deleted, so a store this user may only read works)."""
+    return _store(args, must_exist=True, readonly=True)
 
 
 def cmd_run(args) -> int:
@@ -111,7 +117,7 @@ def _print_dry_run(plan, store_root) -> int:
 def cmd_status(args) -> int:
     from slimlab.status import format_progress, study_progress
 
-    store = _store(args, must_exist=True)
+    store = _reader(args)
     manifests = [m for m in store.studies() if args.study in (None, m["name"])]
     if not manifests:
         known = ", ".join(m["name"] for m in store.studies()) or "none"
@@ -131,7 +137,7 @@ def cmd_table(args) -> int:
     from slimlab.report import load_study
     from slimlab.report.tables import seed_table
 
-    print(seed_table(load_study(_store(args, must_exist=True).root, args.study)))
+    print(seed_table(load_study(_reader(args).root, args.study)))
     return 0
 
 
@@ -180,7 +186,7 @@ def cmd_compare(args) -> int:
     from slimlab.report.study import find_runs
     from slimlab.report.tables import compare_runs
 
-    print(compare_runs(find_runs(_store(args, must_exist=True), args.ids)))
+    print(compare_runs(find_runs(_reader(args), args.ids)))
     return 0
 
 
@@ -197,7 +203,7 @@ def cmd_export(args) -> int:
 def cmd_runs(args) -> int:
     from slimlab.display import run_table
 
-    records = _store(args, must_exist=True).runs(args.status)
+    records = _reader(args).runs(args.status)
     if args.json:
         for r in records:
             print(json.dumps(r.to_json(), sort_keys=True))
@@ -210,7 +216,7 @@ def cmd_runs(args) -> int:
 
 
 def cmd_show(args) -> int:
-    matches = _store(args, must_exist=True).find(args.id)
+    matches = _reader(args).find(args.id)
     if not matches:
         raise SlimlabError(f"no run with id starting '{args.id}' in {args.store}")
     if len(matches) > 1:

@@ -234,19 +234,17 @@ def input_fingerprints(config: ExperimentConfig) -> dict:
 
 def resolved_runtime(config: ExperimentConfig, device: str | None = None) -> dict:
     """The device type a run trains and is measured on (train.device, or for `auto` the one given or found here) and
-    the training precision that follows from it; part of the run id, so CPU and GPU results never share one."""
+    the training precision the config asks for on it; part of the run id, so CPU and GPU results never share one.
+    The host is never probed for its CPU's features (`cpu_bf16` is asked for, whether or not this CPU has native
+    bf16), so the login node's plan and the compute node's record give one id; the record's notes say what was used."""
     if config.train.device != "auto":
         device = config.train.device
     elif device is None:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        precision = "bf16-autocast" if config.train.amp else "fp32"
-    else:
-        from slimlab.cpu_features import cpu_has_native_bf16
-
-        precision = "bf16-autocast" if config.train.cpu_bf16 and cpu_has_native_bf16() else "fp32"
+    wanted = config.train.amp if device == "cuda" else config.train.cpu_bf16
+    precision = "bf16-autocast" if wanted else "fp32"
     return {"device": device, "precision": precision}
 
 

@@ -20,7 +20,7 @@ from slimlab.errors import ConfigError, SlimlabError
 from slimlab.models import create_model
 from slimlab.data.prepared import Prepared
 from slimlab.steps import StepContext, step_kinds
-from slimlab.store import DEFAULT_STORE, RunRecord, Store
+from slimlab.store import DEFAULT_STORE, RunRecord, SharedResults, Store
 from slimlab.train import TrainingDiverged, TrainState, evaluate, train
 
 TRAINED_WEIGHTS = "trained.pt"  # float weights and history after training, before any compression step
@@ -168,22 +168,23 @@ def _execute(config: ExperimentConfig, run_id: str, store: Store, options: RunOp
     train_seconds = sum(r["seconds"] for r in history)
 
     key = training_hash(config, device.type)
+    shared = SharedResults(store, key)
     context = StepContext(config, data, progress, history=list(history), weights_at_epoch=snapshots,
-                          time_latency=not options.defer_latency,
-                          cache_load=lambda name: store.load_training_file(key, f"{name}.pt"),
-                          cache_save=lambda name, value: store.save_training_file(key, f"{name}.pt", value))
+                          time_latency=not options.defer_latency, cache_load=shared.load, cache_save=shared.save,
+                          load_phase=lambda name: store.load_phase(run_id, name), save_phase=lambda name, state: store.save_phase(run_id, name, state))
     context.notes["trained_weights"] = str(store.training_dir(key) / TRAINED_WEIGHTS)
     if history:
         context.notes["train_precision"] = history[-1]["precision"]
     if config.steps:  # the float reference the compression steps are judged against
         context.metrics.update(_accuracy(model, context, "float_"))
     step_input_counts: dict = {}
-    for index, step in enumerate(config.steps):
-        context.step_index = index
-        # Counts of the model this step receives: an engine outside torch (ONNX Runtime) reports the last of these.
-        step_input_counts = _counts(model, context.example(1))
-        cfg = kinds[step["kind"]].config_type.model_validate({k: v for k, v in step.items() if k != "kind"})
-        model = kinds[step["kind"]].apply(model, cfg, context)
+    with shared:  # releases a shared result's lock that a failed step held
+        for index, step in enumerate(config.steps):
+            context.step_index = index
+            # Counts of the model this step receives: an engine outside torch (ONNX Runtime) reports the last of these.
+            step_input_counts = _counts(model, context.example(1))
+            cfg = kinds[step["kind"]].config_type.model_validate({k: v for k, v in step.items() if k != "kind"})
+            model = kinds[step["kind"]].apply(model, cfg, context)
 
     metrics = {"train_seconds": train_seconds, "train_epochs": len(history), **context.metrics}
     # Training time of the whole recipe: the float training plus any fine-tuning a step did (QAT, pruning rounds).

@@ -43,6 +43,21 @@ class StepContext:
     cache_save: Callable[[str, object], None] = lambda key, value: None
     # A step whose result is not TorchScript-able (an ONNX Runtime session) supplies its own deployable file.
     serialize: Callable[[nn.Module, torch.Tensor], tuple[bytes, str]] | None = None
+    # Where a phase that trains keeps its epoch checkpoint (the run's folder); no-ops by default.
+    load_phase: Callable[[str], dict | None] = lambda name: None
+    save_phase: Callable[[str, dict], None] | None = None
+
+    def resumable(self, phase: str) -> dict:
+        """train() arguments for a phase that trains (a pruning round's retraining, QAT): it checkpoints every epoch
+        and, after a kill or a requeue at the time limit, resumes inside the phase, not from its start."""
+        if self.save_phase is None:
+            return {}
+        from slimlab.train import TrainState
+
+        name, save = f"step{self.step_index}-{phase}", self.save_phase
+        saved = self.load_phase(name)
+        return {"resume": TrainState.from_dict(saved) if saved else None,
+                "save_checkpoint": lambda state: save(name, state.to_dict())}
 
     def train_loader(self, batch_size: int | None = None) -> DeviceLoader:
         return self.data.loader(self.data.train, batch_size or self.config.train.batch_size, self.config, training=True)

@@ -2,7 +2,10 @@
 
 Every file is written atomically. `index.sqlite` can be deleted at any time and is rebuilt from the folders
 (`Store.reindex`). A store opened with `index=False` (a compute node on a network filesystem, where SQLite's locking
-is unsafe) writes the folders only; the next process that opens it with the index picks those records up.
+is unsafe) writes the folders only; the next process that opens it with the index picks those records up. A store
+opened `readonly` (every reader, and any store this user may not write) creates, changes and deletes nothing: it reads
+the index through SQLite's read-only URI where it is current and the folders for the rest. The index uses a rollback
+journal, not WAL, which SQLite supports on one host only.
 """
 from __future__ import annotations
 
@@ -104,11 +107,14 @@ class Store:
     """Runs keyed by config hash under `root`: runs/<id>/record.json (the truth), trained/<key>/, index.sqlite."""
 
     RECORD, CONFIG, HISTORY, CHECKPOINT, HEARTBEAT = "record.json", "config.json", "history.json", "checkpoint.pt", "heartbeat.json"
+    PHASES = "phases"  # runs/<id>/phases/: epoch checkpoints of the run's own training phases, until it is done
 
-    def __init__(self, root: str | Path = DEFAULT_STORE, index: bool = True):
-        self.root = open_store_root(Path(root))
+    def __init__(self, root: str | Path = DEFAULT_STORE, index: bool = True, readonly: bool = False):
+        root = Path(root)
+        self.readonly = readonly or (root.is_dir() and not os.access(root, os.W_OK))
+        self.root = root if self.readonly else open_store_root(root)
         self.use_index = index
-        if index:  # the driver's job; a compute node does not walk a shared filesystem at every start
+        if index and not self.readonly:  # the driver's job; a compute node does not walk a shared filesystem at every start
             remove_leftover_temps(self.root)
             self._open_index()
 
@@ -120,7 +126,7 @@ class Store:
 
     def _open_index(self) -> None:
         with self._connect() as db:
-            db.execute("pragma journal_mode=wal")
+            db.execute("pragma journal_mode=delete")  # WAL needs memory shared between processes: one host only
             columns = [row[1] for row in db.execute("pragma table_info(runs)")]
             if columns and "record" not in columns:  # an index from before the folders held the records
                 _migrate_legacy_rows(self, db)
@@ -129,7 +135,7 @@ class Store:
 
     def sync(self) -> int:
         """Bring the index up to date with the run folders (records written elsewhere, e.g. by compute nodes)."""
-        if not self.use_index:
+        if not self.use_index or self.readonly:
             return 0
         with self._connect() as db:
             known = dict(db.execute("select id, mtime_ns from runs"))
@@ -152,12 +158,38 @@ class Store:
 
     def reindex(self) -> int:
         """Rebuild index.sqlite from the run folders; returns the number of runs indexed."""
-        for suffix in ("", "-wal", "-shm"):
+        self._check_writable()
+        for suffix in ("", "-wal", "-shm", "-journal"):
             (self.root / f"index.sqlite{suffix}").unlink(missing_ok=True)
         self.use_index = True
         self._open_index()
         with self._connect() as db:
             return db.execute("select count(*) from runs").fetchone()[0]
+
+    def _indexed_rows(self) -> dict[str, tuple[int, str]]:
+        """Id -> (mtime_ns, record text) from the index, opened read-only; {} when it is missing or cannot be read."""
+        path = self.root / "index.sqlite"
+        if not self.use_index or not path.is_file():
+            return {}
+        try:
+            with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as db:
+                return {i: (m, text) for i, m, text in db.execute("select id, mtime_ns, record from runs")}
+        except sqlite3.Error:  # an old WAL index in a read-only folder, a hot journal: the folders are the truth
+            return {}
+
+    def _read_rows(self) -> list[dict]:
+        """Every record, from the index where its row is current and from its folder otherwise; writes nothing."""
+        indexed, rows = self._indexed_rows(), []
+        for path in (self.root / "runs").glob(f"*/{self.RECORD}"):
+            mtime, (known, text) = _mtime_ns(path), indexed.get(path.parent.name, (None, ""))
+            row = json.loads(text) if mtime and known == mtime else self._read(path.parent.name)
+            if row:
+                rows.append(row)
+        return sorted(rows, key=lambda r: r["created"])
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise SlimlabError(f"--store {self.root}: opened read-only (this user cannot write it); nothing was changed")
 
     # --- folders ---
     def run_dir(self, run_id: str) -> Path:
@@ -198,6 +230,7 @@ class Store:
 
     # --- lifecycle ---
     def _write(self, record: dict) -> None:
+        self._check_writable()
         record["updated"] = time.time()
         path = self.run_dir(record["id"]) / self.RECORD
         write_atomic(path, _dumps(record))
@@ -213,6 +246,7 @@ class Store:
 
     def start(self, run_id: str, config: dict, name: str = "") -> None:
         """Mark a run as running (creating it, or re-opening a failed or interrupted one) by this process."""
+        self._check_writable()
         old = self._read(run_id) or {}
         write_atomic(self.run_dir(run_id) / self.CONFIG, _dumps(config))
         self._write({"id": run_id, "status": "running", "name": name or old.get("name", ""), "config": config,
@@ -225,6 +259,18 @@ class Store:
         write_atomic(self.run_dir(run_id) / self.HISTORY, _dumps(history))
         self._write({**self._read(run_id), "status": "done", "metrics": metrics, "notes": notes, "env": env,
                      "error": None, "failure": None, "finished": time.time()})
+        for path in (self.run_dir(run_id) / self.PHASES).glob("*.pt"):  # done: a forced rerun starts its phases afresh
+            path.unlink(missing_ok=True)
+
+    def save_phase(self, run_id: str, name: str, state: dict) -> None:
+        """The epoch checkpoint of a phase of the run that trains (a pruning round, QAT), to resume inside it."""
+        save_torch_atomic(state, self.run_dir(run_id) / self.PHASES / f"{name}.pt")
+
+    def load_phase(self, run_id: str, name: str) -> dict | None:
+        import torch
+
+        path = self.run_dir(run_id) / self.PHASES / f"{name}.pt"
+        return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
 
     def fail(self, run_id: str, reason: str, failure: str = "error") -> None:
         """Record a failed run with its reason and class (one of FAILURE_CLASSES)."""
@@ -246,20 +292,56 @@ class Store:
     @contextlib.contextmanager
     def heartbeat(self, run_id: str, every: float = HEARTBEAT_SECONDS):
         """Beat in a background thread while the block runs."""
-        stop = threading.Event()
-
-        def loop():
-            while not stop.wait(every):
-                with contextlib.suppress(OSError):
-                    self.beat(run_id)
-
-        thread = threading.Thread(target=loop, name=f"heartbeat-{run_id}", daemon=True)
-        thread.start()
-        try:
+        with _repeating(lambda: self.beat(run_id), every, f"heartbeat-{run_id}"):
             yield
-        finally:
-            stop.set()
-            thread.join()
+
+    @contextlib.contextmanager
+    def driving(self, study: str, every: float = HEARTBEAT_SECONDS):
+        """Be the one driver of `study` while the block runs, or raise StudyBusy at once, naming the live driver: on
+        this host its flock (locks/study-NAME.lock) is held, on another its heartbeat (locks/study-NAME.driver.json)
+        is younger than STALE_AFTER_SECONDS. A second driver would otherwise wait a whole run on each run's lock."""
+        self._check_writable()
+        beat_path = self.root / "locks" / f"study-{study}.driver.json"
+        owner = _read_json(beat_path)
+        if owner and _driver_alive(owner):  # on another host, or where flock is missing
+            raise StudyBusy(study, owner, self.root)
+        with self._try_lock(f"study-{study}") as held:
+            if not held:
+                raise StudyBusy(study, _read_json(beat_path) or {}, self.root)
+
+            def beat():
+                write_atomic(beat_path, _dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}))
+
+            beat()
+            try:
+                with _repeating(beat, every, f"driver-{study}"):
+                    yield
+            finally:
+                beat_path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _try_lock(self, name: str):
+        """An flock on locks/NAME.lock without waiting: yields whether it is held (True where flock is missing)."""
+        try:
+            import fcntl
+        except ImportError:
+            yield True
+            return
+        path = self.root / "locks" / f"{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            except OSError:  # no flock on this filesystem: the heartbeat is the guard
+                yield True
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # --- artifacts ---
     def save_artifact(self, run_id: str, name: str, data: bytes) -> Path:
@@ -317,13 +399,12 @@ class Store:
 
     def runs(self, status: str | None = None) -> list[RunRecord]:
         """Every run, oldest first (optionally one status; `stale` is a running run whose process is gone)."""
-        if self.use_index:
+        if self.use_index and not self.readonly:
             self.sync()
             with self._connect() as db:
                 rows = [json.loads(text) for (text,) in db.execute("select record from runs order by created")]
         else:
-            rows = sorted(filter(None, (self._read(p.parent.name) for p in (self.root / "runs").glob(f"*/{self.RECORD}"))),
-                          key=lambda r: r["created"])
+            rows = self._read_rows()
         records = [self._record(row) for row in rows]
         return [r for r in records if status is None or r.status == status]
 
@@ -333,6 +414,82 @@ class Store:
                          row.get("env", {}), row.get("error"), row["created"], row["updated"], failure=row.get("failure"),
                          host=row.get("host") or "", pid=row.get("pid") or 0, attempts=row.get("attempts", 1),
                          seconds=row["finished"] - row["started"] if row.get("finished") and row.get("started") else None)
+
+
+class SharedResults:
+    """Results that sibling runs of one parent share (a lottery ticket's early pruning rounds, which its controls
+    reuse), kept with the parent's training files. A miss holds that result's lock until it is saved (or the block
+    ends), so siblings that run at the same time wait for it and it is computed once."""
+
+    def __init__(self, store: Store, training_key: str):
+        self.store, self.key, self.held = store, training_key, {}
+
+    def load(self, name: str):
+        lock = contextlib.ExitStack()
+        lock.enter_context(self.store.exclusive(f"shared-{self.key}-{name}", f"slimlab: waiting for a sibling run computing {name}"))
+        value = self.store.load_training_file(self.key, f"{name}.pt")
+        if value is None:
+            self.held[name] = lock  # this run computes it; the others wait for save()
+        else:
+            lock.close()
+        return value
+
+    def save(self, name: str, value) -> None:
+        self.store.save_training_file(self.key, f"{name}.pt", value)
+        if name in self.held:
+            self.held.pop(name).close()
+
+    def __enter__(self) -> SharedResults:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in list(self.held):
+            self.held.pop(name).close()
+
+
+class StudyBusy(SlimlabError):
+    """Another live process drives the study."""
+
+    def __init__(self, study: str, owner: dict, root: Path):
+        who = f"pid {owner.get('pid', '?')} on {owner.get('host', 'this host')}"
+        age = f", heartbeat {time.time() - owner['time']:.0f} s ago" if "time" in owner else ""
+        super().__init__(f"study {study} is already being run by {who}{age}; follow it with `slimlab status {study} "
+                         f"--store {root}`, or run this again once it has ended (what it leaves undone is resumed)")
+
+
+@contextlib.contextmanager
+def _repeating(fn, every: float, name: str):
+    """Call `fn` every `every` seconds in a background thread while the block runs (a failed write is skipped)."""
+    stop = threading.Event()
+
+    def loop():
+        while not stop.wait(every):
+            with contextlib.suppress(OSError):
+                fn()
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _driver_alive(owner: dict) -> bool:
+    """A driver's heartbeat is recent and, on this host, its process is alive and not this one."""
+    if time.time() - owner.get("time", 0) > STALE_AFTER_SECONDS:
+        return False
+    if owner.get("host") == socket.gethostname():
+        return owner.get("pid") != os.getpid() and _pid_alive(int(owner.get("pid", 0)))
+    return True
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def is_stale(root: Path, record: dict) -> bool:
@@ -391,4 +548,4 @@ def read_statuses(root: str | Path, run_ids: list[str]) -> dict[str, str]:
 
 def load_runs(store: str | Path = DEFAULT_STORE, status: str | None = None) -> list[RunRecord]:
     """All runs in a store (optionally only one status)."""
-    return Store(store).runs(status)
+    return Store(store, readonly=True).runs(status)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from slimlab.config import ExperimentConfig, build_config, config_hash, load_config
+from slimlab.config import ExperimentConfig, build_config, config_hash, load_config, training_hash
 from slimlab.errors import ConfigError
 
 # Pinned: if this changes, old stores would be silently re-keyed. Change it only with a SCHEMA_VERSION bump.
@@ -23,6 +23,19 @@ def test_the_run_id_ignores_names_and_search_paths_but_not_the_device():
     assert config_hash(build_config({"train": {"device": "cpu"}}), "cuda") == config_hash(base, "cpu")
     amp_off = build_config({"train": {"amp": False}})
     assert config_hash(amp_off, "cuda") != config_hash(base, "cuda")  # a different precision on the GPU
+
+
+def test_the_run_id_is_the_same_on_a_cpu_with_native_bf16_and_one_without(monkeypatch):
+    """A login node without AVX512-BF16 plans the id a compute node with it records: the host is never probed."""
+    import slimlab.train
+
+    config = build_config({"train": {"cpu_bf16": True}})
+    ids = set()
+    for native in (True, False):
+        monkeypatch.setattr(slimlab.train, "cpu_has_native_bf16", lambda native=native: native)
+        ids.add((config_hash(config, "cpu"), training_hash(config, "cpu")))
+    assert len(ids) == 1
+    assert config_hash(config, "cpu") != config_hash(build_config({}), "cpu")  # asking for bf16 is still another run
 
 
 def test_a_moved_or_copied_dataset_is_the_same_run_and_changed_contents_are_not(tmp_path):

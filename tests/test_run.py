@@ -245,3 +245,42 @@ def test_a_training_split_smaller_than_a_batch_is_refused_before_training(store_
     with pytest.raises(ConfigError, match=r"the training split has 64 images \(synthetic: 96 training images less "
                                           r"data.val_size 32\), fewer than train.batch_size \(128\)"):
         slimlab.run(build_config(raw), store_dir, progress=False)
+
+
+def _kill_at_phase(config_file, store, checkpoint, epochs):
+    """Start the run, SIGKILL it once `checkpoint` (a phase's epoch checkpoint) holds 1 to epochs-1 epochs."""
+    proc = _cli("run", str(config_file), "--store", str(store), "--quiet")
+    deadline = time.time() + 300
+    while time.time() < deadline and not checkpoint.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.exists(), proc.communicate()
+    assert 1 <= torch.load(checkpoint, weights_only=True)["epoch"] < epochs, "killed too late to test resuming"
+
+
+def test_a_run_killed_inside_a_pruning_round_or_qat_resumes_inside_it(tmp_path, counted):
+    steps = [{"kind": "prune", "method": "l1", "scope": "global", "amount": 0.5, "schedule": "iterative", "rounds": 2,
+              "after_round": "finetune", "finetune_epochs": 3},
+             {"kind": "quantize", "method": "qat", "qat_epochs": 3}]
+    raw = {**tiny_config(**{"train.epochs": 1, "model.name": "counted:build", "data.options": {"train_size": 256, "test_size": 64}}),
+           "steps": steps}
+    config_file = tmp_path / "exp.yaml"
+    config_file.write_text(json.dumps(raw))
+    run_id, store = config_hash(build_config(raw)), tmp_path / "killed"
+    phases = store / "runs" / run_id / "phases"
+    _kill_at_phase(config_file, store, phases / "step0-round2.pt", 3)
+    _kill_at_phase(config_file, store, phases / "step1-qat.pt", 3)
+    epochs_before = len(counted.read_text().splitlines())
+    resumed = _cli("run", str(config_file), "--store", str(store), "--json")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    # 1 + 2 x 3 + 3 = 10 epochs in all; each kill cost at most the one epoch it interrupted.
+    assert 10 <= len(counted.read_text().splitlines()) <= 10 + 2, (epochs_before, counted.read_text())
+    history = Store(store).history(run_id)
+    assert [len([r for r in history if r.get("prune_round") == k and "epoch" in r]) for k in (1, 2)] == [3, 3]
+    assert not list(phases.glob("*.pt"))  # done: a forced rerun starts its phases afresh
+    straight = _cli("run", str(config_file), "--store", str(tmp_path / "straight"), "--json")
+    out2, _ = straight.communicate(timeout=300)
+    for key in ("top1", "test_loss", "prune_sparsity"):
+        assert json.loads(out)["metrics"][key] == json.loads(out2)["metrics"][key], key

@@ -31,6 +31,16 @@ def _manifest(store, name="study"):
     return json.loads((store / "studies" / f"{name}.json").read_text())
 
 
+def _submitted(store, kind: str) -> bool:
+    """Whether an array of `kind` is in the study's manifest yet."""
+    path = store / "studies" / "study.json"
+    return path.exists() and any(j["kind"] == kind for j in _manifest(store).get("slurm_jobs", []))
+
+
+def _trainings(count_file) -> int:
+    return len(count_file.read_text().splitlines()) if count_file.exists() else 0
+
+
 def _index_rows(store) -> int:
     with sqlite3.connect(store / "index.sqlite") as db:
         return db.execute("select count(*) from runs").fetchone()[0]
@@ -97,7 +107,7 @@ def test_an_attached_study_records_a_cancelled_run_as_killed_and_retries_it(clus
     driver = subprocess.Popen([sys.executable, "-m", "slimlab", "study", str(path), "--store", str(store), "--executor", "slurm",
                                "--retries", "1", "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and "slurm_jobs" not in (_manifest(store) if (store / "studies" / "study.json").exists() else {}):
+    while time.time() < deadline and not _submitted(store, "latency"):  # each array is recorded as sbatch takes it
         time.sleep(0.2)
     run_job = next(j for j in _manifest(store)["slurm_jobs"] if j["kind"] == "run")
     cluster_env.wait_for(run_job["id"], {"RUNNING"}, timeout=180)
@@ -140,3 +150,125 @@ def test_the_runs_of_a_parent_whose_training_fails_are_cancelled_and_say_why(clu
     records = Store(tmp_path / "store").runs()
     assert len(records) == 2 and all(r.status == "failed" and r.failure == "error" for r in records)
     assert all("its parent training (slurm job" in r.error and "ended FAILED" in r.error for r in records)
+
+
+def _wrap(folder, name: str, body: str) -> None:
+    """A `name` earlier on the PATH than SLURM's: `body` (bash) may exit; otherwise the real command runs."""
+    import shutil
+
+    real = shutil.which(name)
+    folder.mkdir(exist_ok=True)
+    script = folder / name
+    script.write_text(f"#!/bin/bash\n{body}\nexec {real} \"$@\"\n")
+    script.chmod(0o755)
+
+
+def test_job_queries_failing_for_a_while_resubmit_nothing_and_lose_nothing(cluster_env, tmp_path, counted):
+    base = tiny_config(**{"train.epochs": 2, "model.name": "counted:build", "data.options": {"train_size": 256, "test_size": 64}})
+    path = write_study(tmp_path, {"variants": {"a": {}, "b": {"measure": {"batch_sizes": [2]}}}}, base)
+    store, wrappers, until = tmp_path / "store", tmp_path / "bin", tmp_path / "fail_until"
+    until.write_text("0")
+    fail = (f'if [ "$(date +%s)" -lt "$(cat {until})" ]; then echo "slurm_load_jobs error: Unable to contact slurm '
+            'controller (connect failure)" >&2; exit 1; fi')
+    for name in ("squeue", "sacct"):
+        _wrap(wrappers, name, fail)
+    _wrap(wrappers, "scontrol", f'if [ "$1" = show ] && [ "$2" = job ]; then {fail}; fi')
+    driver = subprocess.Popen([sys.executable, "-m", "slimlab", "study", str(path), "--store", str(store), "--executor", "slurm",
+                               "--retries", "1", "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PATH": f"{wrappers}{os.pathsep}{os.environ['PATH']}"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not _submitted(store, "latency"):  # each array is recorded as sbatch takes it
+        time.sleep(0.1)
+    until.write_text(str(int(time.time()) + 40))  # longer than one query's tries (31 s of pauses)
+    out, err = driver.communicate(timeout=600)
+    assert driver.returncode == 0, out + err
+    assert "cannot ask SLURM how the jobs are doing" in err and "killed" not in err  # unknown, never read as gone
+    records = Store(store).runs()
+    assert len(records) == 2 and all(r.status == "done" and r.attempts == 1 for r in records)  # nothing ran twice
+    assert _trainings(counted) == 2
+    assert [j["kind"] for j in _manifest(store)["slurm_jobs"]] == ["train", "run", "latency"]  # nothing resubmitted
+
+
+def test_sbatch_refused_half_way_is_recorded_so_the_rerun_submits_only_what_is_missing(cluster_env, tmp_path, counted):
+    base = tiny_config(**{"train.epochs": 2, "model.name": "counted:build", "data.options": {"train_size": 256, "test_size": 64}})
+    path = write_study(tmp_path, {"variants": {"a": {}, "b": {"measure": {"batch_sizes": [2]}}}}, base)
+    store, wrappers, calls = tmp_path / "store", tmp_path / "bin", tmp_path / "sbatch_calls"
+    _wrap(wrappers, "sbatch", f'echo x >> {calls}; if [ "$(wc -l < {calls})" -eq 2 ]; then echo "sbatch: error: Batch job '
+          'submission failed: Job violates accounting/QOS policy (job submit limit)" >&2; exit 1; fi')
+    refused = subprocess.run([sys.executable, "-m", "slimlab", "study", str(path), "--store", str(store), "--executor", "slurm",
+                              "--detach", "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "PATH": f"{wrappers}{os.pathsep}{os.environ['PATH']}"})
+    assert refused.returncode == 2 and "sbatch refused the run jobs" in refused.stderr, refused.stderr
+    assert [j["kind"] for j in _manifest(store)["slurm_jobs"]] == ["train"]  # the one sbatch took, recorded at once
+    rerun = _study(str(path), "--store", str(store))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert [j["kind"] for j in _manifest(store)["slurm_jobs"]] == ["train", "run", "latency"]  # the training not again
+    assert _trainings(counted) == 2
+    assert [(r.status, r.attempts) for r in Store(store).runs()] == [("done", 1), ("done", 1)]
+
+
+def test_force_and_retrain_on_slurm_run_done_runs_again(cluster_env, tmp_path, counted):
+    base = tiny_config(**{"train.epochs": 2, "model.name": "counted:build", "data.options": {"train_size": 256, "test_size": 64}})
+    path = write_study(tmp_path, {"variants": {"a": {}, "b": {"measure": {"batch_sizes": [2]}}}}, base)
+    store = tmp_path / "store"
+    assert _study(str(path), "--store", str(store)).returncode == 0
+    assert _study(str(path), "--store", str(store), "--force").returncode == 0
+    assert [(r.status, r.attempts) for r in Store(store).runs()] == [("done", 2), ("done", 2)]
+    assert _trainings(counted) == 2  # --force reuses the finished parent
+    assert _study(str(path), "--store", str(store), "--retrain").returncode == 0
+    assert [(r.status, r.attempts) for r in Store(store).runs()] == [("done", 3), ("done", 3)]
+    assert _trainings(counted) == 4  # the parent trained again, and every run made again from it
+
+
+def _fake(folder, name: str, body: str) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(f"#!/bin/bash\n{body}\n")
+    (folder / name).chmod(0o755)
+
+
+def test_forgotten_jobs_are_asked_of_sacct_in_one_call_and_a_failing_query_is_unknown(tmp_path, monkeypatch):
+    from slimlab.executors import slurm
+
+    monkeypatch.setattr(slurm, "QUERY_BACKOFF_S", (0.0, 0.0))
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    _fake(bin_dir, "squeue", f'echo "squeue $*" >> {log}; echo "7|0|RUNNING"; echo "7|1|PENDING"')
+    _fake(bin_dir, "sacct", f'echo "sacct $*" >> {log}; printf "5_0|COMPLETED\\n5_[1-2%%1]|CANCELLED by 0\\n6|TIMEOUT\\n"')
+    table = slurm.job_table(["5", "6", "7", "8"])
+    assert table == {"5": {0: "COMPLETED", 1: "CANCELLED", 2: "CANCELLED"}, "6": {None: "TIMEOUT"},
+                     "7": {0: "RUNNING", 1: "PENDING"}, "8": {}}  # 8: known to neither, gone
+    assert log.read_text().splitlines() == ["squeue -h -r -t all -j 5,6,7,8 -o %F|%K|%T",
+                                            "sacct -X -n -P -o JobID,State -j 5,6,8"]  # one call each
+    _fake(bin_dir, "squeue", f'echo "squeue" >> {log}; echo "Unable to contact slurm controller" >&2; exit 1')
+    log.unlink()
+    assert slurm.job_table(["5"]) is None and len(log.read_text().splitlines()) == 3  # tried 3 times, then unknown
+    with pytest.raises(slurm.SlimlabError, match="nothing was submitted, so nothing runs twice"):
+        slurm.active_refs([{"id": "5", "kind": "run", "file": "x", "offset": 0, "size": 1}])
+
+
+def test_a_run_job_told_its_time_is_up_inside_a_pruning_round_resumes_inside_it(cluster_env, tmp_path, counted):
+    step = {"kind": "prune", "method": "l1", "scope": "global", "amount": 0.5, "schedule": "iterative", "rounds": 2,
+            "after_round": "finetune", "finetune_epochs": 6}
+    base = {**tiny_config(**{"train.epochs": 1, "model.name": "counted:build", "data.options": {"train_size": 512, "test_size": 64}}),
+            "steps": [step]}
+    store = tmp_path / "store"
+    assert _study(str(write_study(tmp_path, {}, base)), "--store", str(store), "--detach").returncode == 0
+    jobs = _manifest(store)["slurm_jobs"]
+    run_job = next(j["id"] for j in jobs if j["kind"] == "run")
+    deadline = time.time() + 300
+    while time.time() < deadline and _trainings(counted) < 1 + 3:  # the third epoch of round 1 has begun
+        time.sleep(0.05)
+    # What SLURM sends SIGNAL_BEFORE_LIMIT_S before the time limit: USR1 to the batch shell, which requeues the job.
+    cluster_env.run(["scancel", "--batch", "--signal=USR1", f"{run_job}_0"])
+    while time.time() < deadline and _trainings(counted) < 1 + 6 + 3:  # resumed, and the third epoch of round 2 begun
+        time.sleep(0.05)
+    cluster_env.run(["scontrol", "requeue", f"{run_job}_0"])  # what a preemption does
+    for job in jobs:
+        cluster_env.wait_done(job["id"], timeout=300)
+    [record] = cluster_env.jobs(run_job)
+    assert record["Restarts"] == "2" and record["JobState"] == "COMPLETED"
+    epochs_run = _trainings(counted)
+    assert 1 + 12 <= epochs_run <= 1 + 12 + 2, epochs_run  # resumed inside each round: at most the epoch it was in is lost
+    [run] = Store(store).runs()
+    assert run.status == "done" and run.attempts == 3
+    assert run.env["executor"].endswith("requeued 2 times (1 at the time limit, 1 preempted or its node failed)")

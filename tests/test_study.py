@@ -171,6 +171,82 @@ def test_a_study_killed_twice_resumes_with_one_done_record_per_point_and_repeats
     assert _trainings(counted) <= 3 * 3 + 2 * 2  # 3 parents x 3 epochs, plus the epoch each kill cut short in each worker
 
 
+def _children(pid: int) -> list[int]:
+    """The live (not zombie) processes whose parent is `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process parents from /proc")
+def test_workers_die_with_their_driver_when_it_is_sigkilled(tmp_path, counted):
+    base = tiny_config(**{"train.epochs": 20, "model.name": "counted:build", "data.options": {"train_size": 256, "test_size": 64}})
+    store = tmp_path / "store"
+    driver = _study_process(write_study(tmp_path, {"seeds": [0, 1]}, base), store)
+    deadline = time.time() + 120
+    while time.time() < deadline and _trainings(counted) < 2 and driver.poll() is None:
+        time.sleep(0.05)  # both workers are in their trainings
+    workers = _children(driver.pid)
+    assert len(workers) >= 2 and driver.poll() is None, "the study ended before its workers could be seen"
+    os.kill(driver.pid, signal.SIGKILL)  # the driver alone, not its process group
+    driver.wait()
+    time.sleep(5)
+    orphans = [pid for pid in workers if _alive(pid)]
+    for pid in orphans:  # the old behaviour: do not leave them computing after the test
+        os.kill(pid, signal.SIGKILL)
+    assert orphans == []
+    assert {r.status for r in Store(store).runs()} <= {"stale"}  # their runs resume at the next invocation
+
+
+def test_a_second_driver_on_a_live_study_says_so_in_one_line_and_every_run_is_done_once(tmp_path, counted):
+    base = tiny_config(**{"train.epochs": 3, "model.name": "counted:build", "data.options": {"train_size": 256, "test_size": 64}})
+    path = write_study(tmp_path, {"seeds": [0, 1], "variants": {"a": {}, "b": {"measure": {"batch_sizes": [2]}}}}, base)
+    store = tmp_path / "store"
+    first = _study_process(path, store)
+    deadline = time.time() + 120
+    while time.time() < deadline and _trainings(counted) < 1:
+        time.sleep(0.05)
+    started = time.time()
+    second = _cli("study", str(path), "--store", str(store), "--quiet")
+    assert time.time() - started < 30 and first.poll() is None  # it did not wait on the first one's locks
+    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+    assert f"study study is already being run by pid {first.pid} on " in second.stderr
+    assert first.wait(timeout=600) == 0
+    records = Store(store).runs()
+    assert len(records) == 4 and all(r.status == "done" and r.attempts == 1 for r in records)
+    assert _trainings(counted) == 2 * 3  # each parent trained once
+    assert not (store / "locks" / "study-study.driver.json").exists()  # the first one, done, is no longer the driver
+
+
+def test_a_ticket_and_its_control_on_two_workers_train_each_shared_round_once(tmp_path, counted):
+    step = {"kind": "prune", "method": "l1", "scope": "global", "amount": 0.8, "schedule": "iterative", "rounds": 3,
+            "after_round": "finetune", "finetune_epochs": 1}
+    base = {**tiny_config(**{"train.epochs": 1, "model.name": "counted:build", "data.options": {"train_size": 256, "test_size": 64}}),
+            "steps": [step]}
+    variants = {"ticket": {}, "control": {"steps": [{**step, "control": "random_mask"}]}}
+    outcome = _execute(write_study(tmp_path, {"variants": variants}, base), tmp_path / "store", jobs=2)
+    assert list(outcome.statuses.values()) == ["done", "done"], outcome.messages
+    # The parent's epoch, rounds 1 and 2 once (whichever run came first; the other waited and reused them), and each
+    # run's own last round: 1 + 2 + 2 epochs. Without a lock both runs compute rounds 1 and 2: 1 + 3 + 3.
+    assert _trainings(counted) == 5
+    ticket, control = sorted(Store(tmp_path / "store").runs(), key=lambda r: r.name != "study:ticket")
+    for r in (1, 2):
+        assert control.metrics[f"round{r}_top1"] == ticket.metrics[f"round{r}_top1"]
+
+
 def test_the_index_deleted_and_rebuilt_gives_the_same_runs_json(tmp_path, counted):
     store = tmp_path / "store"
     _execute(write_study(tmp_path, {"seeds": [0, 1]}), store, executor="inline")

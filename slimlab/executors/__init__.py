@@ -59,13 +59,15 @@ def get_executor(name: str) -> Callable:
 
 
 def execute(plan, store, executor: str = "local", options: ExecOptions | None = None) -> Outcome:
-    """Record the study's plan in the store (studies/NAME.json, for `status` and reports), then execute it."""
+    """Record the study's plan in the store (studies/NAME.json, for `status` and reports), then execute it; refuse in
+    one line (StudyBusy) while another live driver runs the same study."""
     import time
 
     fn = get_executor(executor)
-    previous = store.study(plan.study.name) or {}
-    store.save_study({**previous, **plan.manifest(), "executor": executor, "created": previous.get("created", time.time())})
-    return fn(plan, store, options or ExecOptions())
+    with store.driving(plan.study.name):
+        previous = store.study(plan.study.name) or {}
+        store.save_study({**previous, **plan.manifest(), "executor": executor, "created": previous.get("created", time.time())})
+        return fn(plan, store, options or ExecOptions())
 
 
 def final_statuses(plan, store) -> dict[str, str]:

@@ -1,13 +1,17 @@
 """The `local` executor: N worker processes on this machine, the CPU's threads split between them, or one per GPU.
 
 A worker that crashes (segfault, out of memory, SIGKILL) takes down only the task it held: the task is recorded as
-failed with its class, and a fresh worker takes its place.
+failed with its class, and a fresh worker takes its place. A driver that dies takes its workers with it, SIGKILL
+included: their runs go stale and the next invocation resumes them, instead of orphans computing on unseen.
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
 import signal
+import threading
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -43,8 +47,33 @@ def worker_environments(jobs: int, gpus: list[str]) -> list[dict]:
     return envs
 
 
-def _worker_main(conn: Connection, env: dict, store_root: str) -> None:
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCH_PARENT_SECONDS = 1.0
+
+
+def die_with_parent(parent: int) -> str:
+    """End this process when `parent` dies, however it dies: the kernel's parent-death signal on Linux, a thread that
+    watches the parent's pid elsewhere. Returns which guard is in place."""
+    try:
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0:
+            if os.getppid() != parent:  # the parent died before the guard was set
+                os._exit(1)
+            return "pdeathsig"
+    except (OSError, AttributeError):  # not Linux
+        pass
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(WATCH_PARENT_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="watch-driver", daemon=True).start()
+    return "watchdog"
+
+
+def _worker_main(conn: Connection, env: dict, store_root: str, parent: int) -> None:
     """A worker; one whose driver is gone (killed) ends quietly: its traceback would land in the next driver's log."""
+    die_with_parent(parent)
     try:
         _serve(conn, env, store_root)
     except (EOFError, BrokenPipeError):  # what it finished is in the store; the next driver runs the rest
@@ -78,7 +107,7 @@ class Worker:
 
 def _start_worker(context, env: dict, store_root: str) -> Worker:
     ours, theirs = context.Pipe()
-    process = context.Process(target=_worker_main, args=(theirs, env, store_root), daemon=True)
+    process = context.Process(target=_worker_main, args=(theirs, env, store_root, os.getpid()), daemon=True)
     process.start()
     theirs.close()
     return Worker(process, ours, env)
