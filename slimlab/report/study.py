@@ -80,7 +80,7 @@ def open_store(root: str | Path) -> Store:
     root = Path(root)
     if not root.is_dir() or not ((root / "index.sqlite").is_file() or (root / "runs").is_dir()):
         raise ConfigError(f"no slimlab store at {root} (no index.sqlite or runs/ there)")
-    return Store(root)
+    return Store(root, readonly=True)  # the report reads; it never writes to the store (issue 26)
 
 
 def parse_label(label: str) -> tuple[str, dict]:
