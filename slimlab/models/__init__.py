@@ -4,6 +4,8 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import inspect
+import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -75,14 +77,44 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 
 def _import_factory(spec: str) -> Callable[..., nn.Module]:
     module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"model.name: cannot import module '{module_name}' ({exc})") from exc
+    module = _import_user_module(module_name)
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise ConfigError(f"model.name: '{module_name}' has no callable '{attr}'")
+        found = sorted(n for n, v in vars(module).items() if inspect.isfunction(v) and v.__module__ == module.__name__)
+        known = f"; its functions: {', '.join(found)}" if found else ""
+        raise ConfigError(f"model.name: '{module_name}' ({getattr(module, '__file__', '?')}) has no callable '{attr}'{known}")
     return factory
+
+
+def _import_user_module(module_name: str):
+    """Import a user's module as `python -m` would: from sys.path, else from the current folder (the `slimlab` script's
+    own folder, not the current one, heads sys.path); a module that truly is not there gets how to make it findable."""
+    here = os.getcwd()
+    if here not in [os.path.abspath(p or ".") for p in sys.path]:
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name.split(".")[0]:
+                return _import(module_name, here)  # found, but something it imports is missing: said in one line
+        sys.path.insert(0, here)
+        importlib.invalidate_caches()
+    return _import(module_name, here)
+
+
+def _import(module_name: str, here: str):
+    top = module_name.split(".")[0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == top:
+            raise ConfigError(f"model.name: no module named '{top}' in the current folder ({here}) or on sys.path; run "
+                              f"slimlab from the folder that holds {top}.py (or the {top}/ package), or add that folder to "
+                              f"PYTHONPATH, e.g. PYTHONPATH=/path/to/folder slimlab run ...") from exc
+        raise ConfigError(f"model.name: module '{module_name}' was found, but importing it failed: {exc}; install "
+                          f"'{exc.name}' or fix the import in it") from None
+    except Exception as exc:  # a syntax error or an exception raised while the module runs
+        first = (str(exc).splitlines() or [""])[0]
+        raise ConfigError(f"model.name: importing module '{module_name}' failed: {type(exc).__name__}: {first}") from None
 
 
 def _load_builtin() -> None:
