@@ -176,7 +176,9 @@ class ExperimentConfig(Strict):
     def _steps_known(cls, v):
         from slimlab.steps import validate_step
 
-        return [validate_step(i, s) for i, s in enumerate(v)]
+        steps = [validate_step(i, s) for i, s in enumerate(v)]
+        _prune_before_quantize([step["kind"] for step in steps])
+        return steps
 
     @model_validator(mode="after")
     def _a_batch_fits_the_training_subset(self):
@@ -184,6 +186,19 @@ class ExperimentConfig(Strict):
             raise ValueError(f"data.train_subset ({self.data.train_subset}) is smaller than train.batch_size "
                              f"({self.train.batch_size}): training drops a short last batch, so no step would run")
         return self
+
+
+def _prune_before_quantize(kinds: list[str]) -> None:
+    """Pruning scores, masks and retrains float weights; after a quantize step they are int8 (or fp16), so a prune step
+    there would at best prune the layers left in float and backpropagate through int8 kernels that have no gradient."""
+    if "quantize" not in kinds or "prune" not in kinds[kinds.index("quantize"):]:
+        return
+    first_q = kinds.index("quantize")
+    late_p = kinds.index("prune", first_q)
+    order = [k for k in kinds if k == "prune"] + [k for k in kinds if k != "prune"]
+    raise ValueError(f"step {late_p} (prune) comes after step {first_q} (quantize): pruning needs the float weights that "
+                     f"quantization replaces; put the prune step first, in the order that works: "
+                     f"[{', '.join('{kind: ' + k + ', ...}' for k in order)}]")
 
 
 def canonical_json(config: ExperimentConfig) -> str:

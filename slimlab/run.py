@@ -106,10 +106,15 @@ def failure_class(exc: BaseException) -> str:
 
 
 def _run_locked(config: ExperimentConfig, run_id: str, store: Store, options: RunOptions) -> RunRecord:
+    # What can be checked before work starts is checked before a record exists: a dataset that cannot be read, a
+    # factory that is not there, weights or an output width that do not fit the data fail here, in one line, and
+    # leave no `failed` run behind.
+    data = prepare_data(config, options.progress, options.device)
+    model = _build_model(config, data)
     store.start(run_id, config.model_dump(mode="json"), config.name)
     try:
         with store.heartbeat(run_id):
-            metrics, notes, env, history = _execute(config, run_id, store, options)
+            metrics, notes, env, history = _execute(config, run_id, store, options, data, model)
     except BaseException as exc:
         kind = failure_class(exc)
         reasons = {"killed": "interrupted", "diverged": str(exc)}
@@ -155,13 +160,11 @@ def _check_output_width(model: nn.Module, name: str, num_classes: int, shape: tu
                           f"{num_classes} classes, so it must give ({shape[0]}, {num_classes}): one logit per class")
 
 
-def _execute(config: ExperimentConfig, run_id: str, store: Store, options: RunOptions):
+def _execute(config: ExperimentConfig, run_id: str, store: Store, options: RunOptions, data: Prepared, model: nn.Module):
     # Import the step modules now: a run of hours must not import, after training, code that changed on disk meanwhile.
     kinds = step_kinds()
     progress = options.progress
-    data = prepare_data(config, progress, options.device)
     device = data.device
-    model = _build_model(config, data)
 
     snapshots: dict[int, dict] = {}
     history, energy = _train_stage(config, model, data, store, progress, snapshots, options.retrain, set(options.snapshot_epochs))
