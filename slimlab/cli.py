@@ -161,8 +161,17 @@ def cmd_studies(args) -> int:
     return 0
 
 
+# Two sizes are recorded; the recommendation says which one it ranked by (a tiny int8 model's file can outweigh its
+# float one, the container's code dominating, while its weights are a quarter).
+SIZE_BASIS = {"size": "size = model_size_bytes, the deployable file on disk, code and container included "
+                      "(--minimize payload ranks by the weights alone)",
+              "payload": "payload = weight_payload_bytes, the parameters and buffers as the deployable file stores them "
+                         "(int8 weights one byte each, plus scales), without its code (--minimize size ranks by the whole file)"}
+
+
 def cmd_recommend(args) -> int:
-    from slimlab.report import format_recommendation, load_study, recommend, write_experiment
+    from slimlab.report import format_recommendation, load_study, recommend
+    from slimlab.report.recommend import experiment_text, write_experiment
 
     study = load_study(args.store, args.study)
     try:
@@ -170,9 +179,14 @@ def cmd_recommend(args) -> int:
     except ValueError as exc:  # an unknown --minimize, a negative --max-drop
         raise SlimlabError(str(exc)) from None
     print(format_recommendation(rec, study.name))
+    if args.minimize in SIZE_BASIS:
+        print(f"Ranked by {SIZE_BASIS[args.minimize]}.")
     if rec.best is None:
         return 1
-    print(f"experiment file: {write_experiment(rec.best, args.out)}")
+    if args.out:  # written only where asked; otherwise printed, for `> FILE` or a look
+        print(f"experiment file: {write_experiment(rec.best, args.out)}")
+    else:
+        print(f"\nexperiment file (save it with --out FILE, then `slimlab run FILE`):\n{experiment_text(rec.best)}", end="")
     return 0
 
 
@@ -375,8 +389,9 @@ def _add_report_commands(sub) -> None:
     p = _with_store(sub.add_parser("recommend", help="the best measured configuration within an accuracy budget of its float parent"))
     p.add_argument("study", nargs="?", help="the study's name (default: the store's only study, else every run)")
     p.add_argument("--max-drop", type=float, default=1.0, help="top-1 points the pick may lose against its float parent (default 1.0)")
-    p.add_argument("--minimize", default="latency_b1", help="latency_b<N>, size, energy or macs (default latency_b1)")
-    p.add_argument("--out", default="recommended.yaml", help="where to write the pick's experiment file")
+    p.add_argument("--minimize", default="latency_b1", help="latency_b<N>, size (the file), payload (its weights), energy or "
+                   "macs (default latency_b1)")
+    p.add_argument("--out", metavar="FILE", help="write the pick's experiment file there (default: print it, write nothing)")
     p.set_defaults(fn=cmd_recommend)
 
     p = _with_store(sub.add_parser("compare", help="runs side by side: headline figures, then the config keys that differ"))

@@ -315,7 +315,7 @@ def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: S
     example = context.example(1, device)
     blob, fmt = (context.serialize or measure.serialize_deployable)(model, example)
     path = store.save_artifact(run_id, MODEL_FILES.get(fmt, "model.pt"), blob)
-    metrics.update(measure.size_figures(blob))
+    metrics.update(measure.size_figures(blob, fmt))
     notes["model_format"] = fmt  # torchscript | state_dict | onnx | torch.export: what model_size_bytes measures
     notes["model_size_bytes"] = f"bytes of {path.name} ({fmt}) on disk; deflate = zlib level 9 of the same bytes"
     counts = _counts(model, example)

@@ -224,3 +224,22 @@ def test_a_missing_store_or_study_is_a_clear_error(tmp_path, hand_store):
     assert not (tmp_path / "nowhere").exists()
     with pytest.raises(ConfigError, match=r"no study 'nope' .* \(studies there: hand\)"):
         load_study(hand_store, "nope")
+
+
+def test_recommend_prints_the_experiment_and_writes_only_where_told(hand_store, tmp_path, monkeypatch, capsys):
+    from slimlab.cli import main
+    from slimlab.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["recommend", "hand", "--store", str(hand_store), "--minimize", "size"]) == 0
+    out = capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []  # nothing written unasked (it wrote ./recommended.yaml)
+    assert "Ranked by size = model_size_bytes, the deployable file on disk, code and container included" in out
+    printed = out.split("`slimlab run FILE`):\n", 1)[1]
+    assert printed.startswith("# Recommended by slimlab recommend: waiting (run w0)")  # 0.25 MB within 1 point
+    assert main(["recommend", "hand", "--store", str(hand_store), "--minimize", "size", "--out", "best.yaml"]) == 0
+    assert "experiment file: best.yaml" in capsys.readouterr().out and (tmp_path / "best.yaml").read_text() == printed.replace(
+        "slimlab run FILE", "slimlab run best.yaml")
+    assert load_config(tmp_path / "best.yaml").model.name == "resnet20"
+    assert main(["recommend", "hand", "--store", str(hand_store), "--minimize", "payload"]) == 1  # no run records one
+    assert "Ranked by payload = weight_payload_bytes" in capsys.readouterr().out
