@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import platform
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from slimlab import measure
 from slimlab.config import ExperimentConfig, config_hash, rewind_epochs, training_hash
 from slimlab.data import DatasetRequest, load_dataset
 from slimlab.data.loader import balanced_subset, split_validation
-from slimlab.deployable import DEFERRABLE_FORMATS, MODEL_FILES, load_deployable, speedups, time_latency
+from slimlab.deployable import (DEFERRABLE_FORMATS, MODEL_FILES, RAW_FILES, describe_input, load_deployable, load_raw_file, raw_top1,
+                                speedups, time_latency, with_preprocessing)
 from slimlab.errors import ConfigError, SlimlabError
 from slimlab.models import create_model
 from slimlab.data.prepared import Prepared
@@ -313,11 +315,8 @@ def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: S
         tta = evaluate(model, context.test_loader(device=device), amp=False, flip_tta=True)
         metrics.update(top1_flip_tta=tta["top1"], top5_flip_tta=tta["top5"])
     example = context.example(1, device)
-    blob, fmt = (context.serialize or measure.serialize_deployable)(model, example)
-    path = store.save_artifact(run_id, MODEL_FILES.get(fmt, "model.pt"), blob)
-    metrics.update(measure.size_figures(blob, fmt))
-    notes["model_format"] = fmt  # torchscript | state_dict | onnx | torch.export: what model_size_bytes measures
-    notes["model_size_bytes"] = f"bytes of {path.name} ({fmt}) on disk; deflate = zlib level 9 of the same bytes"
+    metrics.update(_save_deployables(model, context, run_id, store, notes, example))
+    fmt = notes["model_format"]
     counts = _counts(model, example)
     if counts["params"] == 0 and step_input_counts:  # an engine outside torch (ONNX Runtime): the layers it was handed
         counts = step_input_counts
@@ -333,6 +332,38 @@ def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: S
     latency_notes["latency_flagged"] = notes.get("latency_flagged", []) + latency_notes.get("latency_flagged", [])  # a step's too
     notes.update({k: v for k, v in latency_notes.items() if v}, latency_status="measured")
     return {**metrics, **figures, **speedups({**context.metrics, **figures}, cfg.batch_sizes)}
+
+
+def _save_deployables(model: nn.Module, context: StepContext, run_id: str, store: Store, notes: dict, example: torch.Tensor) -> dict:
+    """The deployable file, the same with the preprocessing inside (raw pixels in), and beside each a JSON that says
+    what to feed it (normalization, input size, channel order, class names); the raw file is loaded back and scored
+    on the raw test images, as a deployment would run it."""
+    blob, fmt = (context.serialize or measure.serialize_deployable)(model, example)
+    name = MODEL_FILES.get(fmt, "model.pt")
+    store.save_artifact(run_id, name, blob)
+    metrics = measure.size_figures(blob, fmt)
+    notes["model_format"] = fmt  # torchscript | state_dict | onnx | torch.export: what model_size_bytes measures
+    notes["model_size_bytes"] = f"bytes of {name} ({fmt}) on disk; deflate = zlib level 9 of the same bytes"
+    notes["weight_payload_bytes"] = f"bytes of the tensors {name} stores (parameters and buffers, int8 one byte each), without its code"
+    dataset, test = context.data.dataset, context.data.test
+    loader = context.test_loader(device=example.device)
+    described = [describe_input(name, fmt, False, dataset)]
+    raw_blob, why_not = with_preprocessing(model, fmt, blob, test.images[:1].to(example.device), dataset.mean, dataset.std,
+                                           loader.channels_last) if fmt != "state_dict" else (None, "the model could not be traced")
+    if raw_blob is not None:
+        raw_name = RAW_FILES[fmt]
+        store.save_artifact(run_id, raw_name, raw_blob)
+        described.append(describe_input(raw_name, fmt, True, dataset))
+        metrics["deployable_raw_top1"] = raw_top1(load_raw_file(raw_blob, fmt, example.device), test.images.to(example.device), test.labels,
+                                                  context.config.measure.eval_batch_size)
+        notes["deployable_raw_top1"] = (f"{raw_name} loaded back with torch or onnxruntime alone and fed the raw uint8 test images, "
+                                        f"{loader.batch_size} at a time; top-1 by argmax")
+    else:
+        notes["deployable_raw"] = f"no file with the preprocessing inside: {why_not}"
+    for entry in described:
+        store.save_artifact(run_id, Path(entry["file"]).stem + ".json", (json.dumps(entry, indent=1) + "\n").encode())
+    notes["deployable_files"] = described
+    return metrics
 
 
 def measure_pending_latency(store: Store, run_id: str) -> RunRecord:
