@@ -49,6 +49,7 @@ def cmd_study(args) -> int:
     from slimlab.plan import load_study, plan_stages
 
     study = load_study(args.study, args.overrides)  # every config validated before anything runs
+    _check_factories(study)
     get_executor(args.executor)  # an unknown name fails before anything is written
     if args.detach and args.executor != "slurm":
         raise SlimlabError(f"--detach: only the slurm executor submits and returns; the {args.executor} executor runs the study here")
@@ -70,6 +71,18 @@ def cmd_study(args) -> int:
         print(f"submitted; follow it with: slimlab status {study.name} --store {args.store}")
         return 0
     return 0 if counts.get("done", 0) == len(plan.runs) else 1
+
+
+def _check_factories(study) -> None:
+    """Every user factory (model.name package.module:function) imports here, before the study writes anything."""
+    from slimlab.errors import ConfigError
+    from slimlab.models import check_factory
+
+    for name in sorted({run.config.model.name for run in study.runs if ":" in run.config.model.name}):
+        try:
+            check_factory(name)
+        except ConfigError as exc:
+            raise ConfigError(f"{study.source}: {exc}") from None
 
 
 def _gpus(args) -> list[str]:

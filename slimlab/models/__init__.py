@@ -75,6 +75,11 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         raise SlimlabError(f"model.weights: {path} does not fit the model: {first.strip()}") from exc
 
 
+def check_factory(spec: str) -> None:
+    """Import a user factory 'package.module:function' now, so that a study refuses a missing one before it starts."""
+    _import_factory(spec)
+
+
 def _import_factory(spec: str) -> Callable[..., nn.Module]:
     module_name, _, attr = spec.partition(":")
     module = _import_user_module(module_name)
