@@ -91,10 +91,10 @@ def describe_input(file: str, fmt: str, raw: bool, dataset, channels_last: bool 
     """What a deployment must feed `file` and what comes out: the JSON saved beside it and in the run's notes."""
     c, h, w = dataset.image_shape
     mean, std = [float(v) for v in dataset.mean], [float(v) for v in dataset.std]
-    feed = ("raw pixels: uint8 (or float32 in [0, 255]), the preprocessing is inside the file" if raw else
+    feed = ("raw pixels in [0, 255], the preprocessing is inside the file" if raw else
             "float32 normalized pixels: (x / 255 - mean) / std per channel, x the 0-255 pixel value")
     return {"file": file, "format": fmt, "input": {"layout": "NCHW", "shape": ["batch", c, h, w], "channels": CHANNEL_ORDER.get(c, f"{c} channels"),
-            "dtype": "uint8" if raw and fmt == "onnx" else ("uint8 or float32" if raw else "float32"), "expects": feed},
+            "dtype": ("uint8 or float32" if fmt == "torchscript" else "uint8") if raw else "float32", "expects": feed},
             "normalization": {"mean": mean, "std": std, "of": f"what {dataset.name} normalizes with, per channel, as fractions of 255 (an image "
                               "folder: its own training images' mean and std)", "inside_the_file": raw},
             "output": {"logits": len(dataset.classes), "classes": list(dataset.classes), "top1": "argmax over the logits"}}

@@ -112,3 +112,46 @@ def test_a_users_model_and_folder_deploy_and_score_the_recorded_top1_without_sli
     # same 120 images, and top-1 is argmax on both sides (int8 logits tie; topk would break ties its own way).
     assert fresh["top1"] == metrics["top1"] == metrics["deployable_raw_top1"]
     assert metrics["top1"] > 100 / len(CLASSES)  # it learned something: the equality is not of two chance figures
+
+
+ENGINES = {"torchscript": [], "torchscript int8": [{"kind": "quantize", "method": "static"}],
+           "onnx": [{"kind": "quantize", "method": "onnxruntime"}], "torch.export": [{"kind": "quantize", "method": "static", "engine": "pt2e"}]}
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_every_deployable_format_has_a_raw_twin_that_gives_the_measured_logits(engine, store_dir):
+    """The file with the preprocessing inside, fed uint8 pixels, gives the logits of the normalized file fed what the
+    loader makes of the same pixels, bit for bit; the run's own check of it equals its top-1."""
+    import torch
+
+    import slimlab
+    from slimlab.config import build_config
+    from slimlab.deployable import load_raw_file
+    from slimlab.run import prepare_data
+    from conftest import tiny_config
+
+    if engine == "onnx":
+        pytest.importorskip("onnxruntime")
+    config = build_config(tiny_config(steps=ENGINES[engine], **{"train.epochs": 1, "measure.latency": False}))
+    record = slimlab.run(config, store_dir, progress=False)
+    fmt = record.notes["model_format"]
+    run = store_dir / "runs" / record.id
+    raw_spec = json.loads((run / "model_raw.json").read_text())
+    assert fmt == raw_spec["format"] == engine.split()[0] and raw_spec["normalization"]["inside_the_file"] is True
+    assert record.metrics["deployable_raw_top1"] == record.metrics["top1"]
+    data = prepare_data(config, progress=False)
+    images = data.test.images[:16]
+    raw = load_raw_file((run / raw_spec["file"]).read_bytes(), fmt)(images)
+    normalized_input = data.loader(data.test, 16, config).normalize(images)
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
+        reference = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: normalized_input.contiguous().numpy()})[0])
+    elif fmt == "torch.export":
+        reference = torch.export.load(str(run / "model.pt2")).module()(normalized_input)
+    else:
+        reference = torch.jit.load(str(run / "model.pt"))(normalized_input)
+    assert torch.equal(raw, reference)
+    if fmt == "torchscript":  # float pixels in [0, 255] work as well (ONNX and torch.export fix the input's dtype: uint8)
+        assert torch.equal(load_raw_file((run / raw_spec["file"]).read_bytes(), fmt)(images.float()), raw)
