@@ -59,6 +59,7 @@ def cmd_study(args) -> int:
     plan = plan_stages(study, device=_planned_device(args, options))
     if args.dry_run:
         return _print_dry_run(plan, args.store)
+    _check_inputs(study)
     outcome = execute(plan, _store(args), args.executor, options)
     for line in outcome.messages[:20]:  # what failed, and what was retried
         print(f"slimlab: {line}", file=sys.stderr)
@@ -83,6 +84,23 @@ def _check_factories(study) -> None:
             check_factory(name)
         except ConfigError as exc:
             raise ConfigError(f"{study.source}: {exc}") from None
+
+
+def _check_inputs(study) -> None:
+    """Each distinct data set and model of the study loaded and built once here, before anything is recorded: weights
+    or a data folder that do not fit the model stop the study in one line instead of failing every run."""
+    from slimlab.errors import ConfigError
+    from slimlab.run import check_inputs
+
+    seen = set()
+    for run in study.runs:
+        key = json.dumps([run.config.data.model_dump(mode="json"), run.config.model.model_dump(mode="json")], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            try:
+                check_inputs(run.config)
+            except SlimlabError as exc:
+                raise ConfigError(f"{study.source} ({run.label}): {exc}") from None
 
 
 def _gpus(args) -> list[str]:

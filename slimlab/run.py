@@ -145,6 +145,17 @@ def _build_model(config: ExperimentConfig, data: Prepared) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if config.train.channels_last and c > 1 else model
 
 
+def check_inputs(config: ExperimentConfig) -> None:
+    """What a run checks before its record exists, on the CPU and without splitting the data: the dataset loads, the
+    factory builds, the weights fit, one logit per class. A study calls it once per data and model before it starts."""
+    request = DatasetRequest(roots=data_roots(config), cache_dir=Path("~/.cache/slimlab").expanduser(), download=config.data.download,
+                             path=Path(config.data.path) if config.data.path else None, options={"progress": False, **config.data.options})
+    dataset = load_dataset(config.data.name, request)
+    c, h, w = dataset.image_shape
+    model = create_model(config.model.name, dataset.num_classes, c, h, weights=config.model.weights, **config.model.options)
+    _check_output_width(model, config.model.name, dataset.num_classes, (2, c, h, w), torch.device("cpu"))
+
+
 def _check_output_width(model: nn.Module, name: str, num_classes: int, shape: tuple, device: torch.device) -> None:
     """One forward pass when the model is built: a factory whose output does not give one logit per class fails here,
     in one line, not in the loss mid-training."""

@@ -86,6 +86,21 @@ def test_a_study_whose_factory_is_not_there_stops_before_it_writes_anything(tmp_
     assert not (tmp_path / "store").exists()
 
 
+def test_a_study_whose_weights_do_not_fit_stops_before_it_writes_anything(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from slimlab.cli import main
+
+    torch.save(torch.nn.Linear(3, 3).state_dict(), tmp_path / "other.pt")
+    path = write_study(tmp_path, {"variants": {"mine": {"model.weights": str(tmp_path / "other.pt")}, "fresh": {}}},
+                       tiny_config(**{"train.epochs": 1}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["study", str(path), "--store", "store", "--executor", "inline", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path} (mine): model.weights: {tmp_path / 'other.pt'} does not fit the model: 128 of the model's 128 entries are not in the file" in err
+    assert not (tmp_path / "store").exists()  # not one failed record per run
+
+
 def _cli(*args, cwd=REPO, **kw):
     return subprocess.run([sys.executable, "-m", "slimlab", *args], cwd=cwd, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)

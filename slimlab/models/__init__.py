@@ -71,8 +71,22 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     try:
         model.load_state_dict(blob)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0] + " " + " ".join(str(exc).splitlines()[1:2])
-        raise SlimlabError(f"model.weights: {path} does not fit the model: {first.strip()}") from exc
+        raise SlimlabError(f"model.weights: {path} does not fit the model: {_misfit(model.state_dict(), blob) or str(exc).splitlines()[0]}; "
+                           "check model.name and model.options (and the data's classes and channels) against the checkpoint") from None
+
+
+def _misfit(expected: dict, found: dict) -> str:
+    """What differs between a model's state dict and a checkpoint's, in one line: counts, and a few names each."""
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+    missing = [k for k in expected if k not in found]
+    unknown = [k for k in found if k not in expected]
+    shapes = [f"{k} is {tuple(found[k].shape)} in the file, {tuple(expected[k].shape)} in the model" for k in found
+              if k in expected and hasattr(found[k], "shape") and tuple(found[k].shape) != tuple(expected[k].shape)]
+    parts = ([f"{len(missing)} of the model's {len(expected)} entries are not in the file ({some(missing)})"] if missing else []) + \
+            ([f"{len(unknown)} entries of the file are not in the model ({some(unknown)})"] if unknown else []) + shapes[:2]
+    return "; ".join(parts)
 
 
 def check_factory(spec: str) -> None:
