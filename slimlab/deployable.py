@@ -87,7 +87,7 @@ class RawInput(nn.Module):
         return self.model(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
 
 
-def describe_input(file: str, fmt: str, raw: bool, dataset, channels_last: bool = False) -> dict:
+def describe_input(file: str, fmt: str, raw: bool, dataset) -> dict:
     """What a deployment must feed `file` and what comes out: the JSON saved beside it and in the run's notes."""
     c, h, w = dataset.image_shape
     mean, std = [float(v) for v in dataset.mean], [float(v) for v in dataset.std]

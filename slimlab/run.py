@@ -47,10 +47,13 @@ def resolve_device(name: str, planned: str | None = None) -> torch.device:
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
+def _dataset_request(config: ExperimentConfig, progress: bool) -> DatasetRequest:
+    return DatasetRequest(roots=data_roots(config), cache_dir=Path("~/.cache/slimlab").expanduser(), download=config.data.download,
+                          path=Path(config.data.path) if config.data.path else None, options={"progress": progress, **config.data.options})
+
+
 def prepare_data(config: ExperimentConfig, progress: bool = True, device: str | None = None) -> Prepared:
-    request = DatasetRequest(roots=data_roots(config), cache_dir=Path("~/.cache/slimlab").expanduser(), download=config.data.download,
-                             path=Path(config.data.path) if config.data.path else None, options={"progress": progress, **config.data.options})
-    dataset = load_dataset(config.data.name, request)
+    dataset = load_dataset(config.data.name, _dataset_request(config, progress))
     train_split, val_split = split_validation(dataset.train, config.data.val_size, seed=DATA_SPLIT_SEED)
     if config.data.train_subset:
         train_split = balanced_subset(train_split, config.data.train_subset, seed=DATA_SPLIT_SEED)
@@ -148,9 +151,7 @@ def _build_model(config: ExperimentConfig, data: Prepared) -> nn.Module:
 def check_inputs(config: ExperimentConfig) -> None:
     """What a run checks before its record exists, on the CPU and without splitting the data: the dataset loads, the
     factory builds, the weights fit, one logit per class. A study calls it once per data and model before it starts."""
-    request = DatasetRequest(roots=data_roots(config), cache_dir=Path("~/.cache/slimlab").expanduser(), download=config.data.download,
-                             path=Path(config.data.path) if config.data.path else None, options={"progress": False, **config.data.options})
-    dataset = load_dataset(config.data.name, request)
+    dataset = load_dataset(config.data.name, _dataset_request(config, progress=False))
     c, h, w = dataset.image_shape
     model = create_model(config.model.name, dataset.num_classes, c, h, weights=config.model.weights, **config.model.options)
     _check_output_width(model, config.model.name, dataset.num_classes, (2, c, h, w), torch.device("cpu"))
