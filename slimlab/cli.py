@@ -49,10 +49,10 @@ def cmd_study(args) -> int:
     from slimlab.plan import load_study, plan_stages
 
     study = load_study(args.study, args.overrides)  # every config validated before anything runs
-    _check_factories(study)
     get_executor(args.executor)  # an unknown name fails before anything is written
     if args.detach and args.executor != "slurm":
         raise SlimlabError(f"--detach: only the slurm executor submits and returns; the {args.executor} executor runs the study here")
+    _check_factories(study)
     options = ExecOptions(jobs=args.jobs, gpus=_gpus(args), retries=args.retries, max_same_failures=args.max_same_failures,
                           force=args.force, retrain=args.retrain, detach=args.detach, progress=not args.quiet,
                           slurm={**study.slurm, **_slurm_flags(args)})
