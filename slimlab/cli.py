@@ -23,6 +23,7 @@ def _store(args, must_exist: bool = False, index: bool = True):
 
 def cmd_run(args) -> int:
     from slimlab.config import config_hash, load_config
+    from slimlab.errors import ConfigError
     from slimlab.run import run
 
     config = load_config(args.config, args.overrides)
@@ -31,7 +32,12 @@ def cmd_run(args) -> int:
     existing = store.get(run_id)
     if existing is not None and existing.status == "done" and not (args.force or args.retrain):
         _say(args, f"run {run_id} is already done; skipped (--force runs it again, --retrain trains it again too)")
-    record = run(config, store, progress=not args.quiet and not args.json, force=args.force, retrain=args.retrain)
+    try:
+        record = run(config, store, progress=not args.quiet and not args.json, force=args.force, retrain=args.retrain)
+    except ConfigError as exc:  # a model or data set refused before the run started (no record): name the file too
+        if not str(exc).startswith(str(args.config)) and store.get(run_id) is None:
+            raise ConfigError(f"{args.config}: {exc}") from None
+        raise
     if args.json:
         print(json.dumps(record.to_json(), sort_keys=True))
     else:

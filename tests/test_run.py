@@ -298,6 +298,6 @@ def test_a_mistake_found_once_data_and_model_exist_stops_the_run_before_a_record
     monkeypatch.setattr(sys.modules["slimlab.run"], "train", lambda *a, **k: pytest.fail("training started"))
     assert main(["run", "exp.yaml", "--store", "store", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("slimlab: error: ") and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("slimlab: error: exp.yaml: ") and "Traceback" not in err
     assert re.search(said, err), err
     assert Store(tmp_path / "store").runs() == []  # no `failed` record: nothing ran

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from slimlab.errors import ConfigError, SlimlabError
+from slimlab.errors import ConfigError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -59,11 +59,11 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a state dict (weights_only, so a checkpoint cannot run code); accepts {'model': sd} or {'state_dict': sd} too."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise SlimlabError(f"model.weights: checkpoint {path} does not exist")
+        raise ConfigError(f"model.weights: checkpoint {path} does not exist")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
-        raise SlimlabError(f"model.weights: {path} is not a plain state-dict checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+        raise ConfigError(f"model.weights: {path} is not a plain state-dict checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
     for key in ("model", "state_dict", "model_state"):
         if isinstance(blob, dict) and isinstance(blob.get(key), dict):
             blob = blob[key]
@@ -71,7 +71,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     try:
         model.load_state_dict(blob)
     except RuntimeError as exc:
-        raise SlimlabError(f"model.weights: {path} does not fit the model: {_misfit(model.state_dict(), blob) or str(exc).splitlines()[0]}; "
+        raise ConfigError(f"model.weights: {path} does not fit the model: {_misfit(model.state_dict(), blob) or str(exc).splitlines()[0]}; "
                            "check model.name and model.options (and the data's classes and channels) against the checkpoint") from None
 
 
