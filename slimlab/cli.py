@@ -29,6 +29,7 @@ def _reader(args):
 
 def cmd_run(args) -> int:
     from slimlab.config import config_hash, load_config
+    from slimlab.errors import ConfigError
     from slimlab.run import run
 
     config = load_config(args.config, args.overrides)
@@ -37,7 +38,12 @@ def cmd_run(args) -> int:
     existing = store.get(run_id)
     if existing is not None and existing.status == "done" and not (args.force or args.retrain):
         _say(args, f"run {run_id} is already done; skipped (--force runs it again, --retrain trains it again too)")
-    record = run(config, store, progress=not args.quiet and not args.json, force=args.force, retrain=args.retrain)
+    try:
+        record = run(config, store, progress=not args.quiet and not args.json, force=args.force, retrain=args.retrain)
+    except ConfigError as exc:  # a model or data set refused before the run started (no record): name the file too
+        if not str(exc).startswith(str(args.config)) and store.get(run_id) is None:
+            raise ConfigError(f"{args.config}: {exc}") from None
+        raise
     if args.json:
         print(json.dumps(record.to_json(), sort_keys=True))
     else:
@@ -58,12 +64,14 @@ def cmd_study(args) -> int:
     get_executor(args.executor)  # an unknown name fails before anything is written
     if args.detach and args.executor != "slurm":
         raise SlimlabError(f"--detach: only the slurm executor submits and returns; the {args.executor} executor runs the study here")
+    _check_factories(study)
     options = ExecOptions(jobs=args.jobs, gpus=_gpus(args), retries=args.retries, max_same_failures=args.max_same_failures,
                           force=args.force, retrain=args.retrain, detach=args.detach, progress=not args.quiet,
                           slurm={**study.slurm, **_slurm_flags(args)})
     plan = plan_stages(study, device=_planned_device(args, options))
     if args.dry_run:
         return _print_dry_run(plan, args.store)
+    _check_inputs(study)
     outcome = execute(plan, _store(args), args.executor, options)
     for line in outcome.messages[:20]:  # what failed, and what was retried
         print(f"slimlab: {line}", file=sys.stderr)
@@ -76,6 +84,35 @@ def cmd_study(args) -> int:
         print(f"submitted; follow it with: slimlab status {study.name} --store {args.store}")
         return 0
     return 0 if counts.get("done", 0) == len(plan.runs) else 1
+
+
+def _check_factories(study) -> None:
+    """Every user factory (model.name package.module:function) imports here, before the study writes anything."""
+    from slimlab.errors import ConfigError
+    from slimlab.models import check_factory
+
+    for name in sorted({run.config.model.name for run in study.runs if ":" in run.config.model.name}):
+        try:
+            check_factory(name)
+        except ConfigError as exc:
+            raise ConfigError(f"{study.source}: {exc}") from None
+
+
+def _check_inputs(study) -> None:
+    """Each distinct data set and model of the study loaded and built once here, before anything is recorded: weights
+    or a data folder that do not fit the model stop the study in one line instead of failing every run."""
+    from slimlab.errors import ConfigError
+    from slimlab.run import check_inputs
+
+    seen = set()
+    for run in study.runs:
+        key = json.dumps([run.config.data.model_dump(mode="json"), run.config.model.model_dump(mode="json")], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            try:
+                check_inputs(run.config)
+            except SlimlabError as exc:
+                raise ConfigError(f"{study.source} ({run.label}): {exc}") from None
 
 
 def _gpus(args) -> list[str]:
@@ -167,8 +204,17 @@ def cmd_studies(args) -> int:
     return 0
 
 
+# Two sizes are recorded; the recommendation says which one it ranked by (a tiny int8 model's file can outweigh its
+# float one, the container's code dominating, while its weights are a quarter).
+SIZE_BASIS = {"size": "size = model_size_bytes, the deployable file on disk, code and container included "
+                      "(--minimize payload ranks by the weights alone)",
+              "payload": "payload = weight_payload_bytes, the parameters and buffers as the deployable file stores them "
+                         "(int8 weights one byte each, plus scales), without its code (--minimize size ranks by the whole file)"}
+
+
 def cmd_recommend(args) -> int:
-    from slimlab.report import format_recommendation, load_study, recommend, write_experiment
+    from slimlab.report import format_recommendation, load_study, recommend
+    from slimlab.report.recommend import experiment_text, write_experiment
 
     study = load_study(args.store, args.study)
     try:
@@ -176,9 +222,14 @@ def cmd_recommend(args) -> int:
     except ValueError as exc:  # an unknown --minimize, a negative --max-drop
         raise SlimlabError(str(exc)) from None
     print(format_recommendation(rec, study.name))
+    if args.minimize in SIZE_BASIS:
+        print(f"Ranked by {SIZE_BASIS[args.minimize]}.")
     if rec.best is None:
         return 1
-    print(f"experiment file: {write_experiment(rec.best, args.out)}")
+    if args.out:  # written only where asked; otherwise printed, for `> FILE` or a look
+        print(f"experiment file: {write_experiment(rec.best, args.out)}")
+    else:
+        print(f"\nexperiment file (save it with --out FILE, then `slimlab run FILE`):\n{experiment_text(rec.best)}", end="")
     return 0
 
 
@@ -382,8 +433,9 @@ def _add_report_commands(sub) -> None:
     p = _with_store(sub.add_parser("recommend", help="the best measured configuration within an accuracy budget of its float parent"))
     p.add_argument("study", nargs="?", help="the study's name (default: the store's only study, else every run)")
     p.add_argument("--max-drop", type=float, default=1.0, help="top-1 points the pick may lose against its float parent (default 1.0)")
-    p.add_argument("--minimize", default="latency_b1", help="latency_b<N>, size, energy or macs (default latency_b1)")
-    p.add_argument("--out", default="recommended.yaml", help="where to write the pick's experiment file")
+    p.add_argument("--minimize", default="latency_b1", help="latency_b<N>, size (the file), payload (its weights), energy or "
+                   "macs (default latency_b1)")
+    p.add_argument("--out", metavar="FILE", help="write the pick's experiment file there (default: print it, write nothing)")
     p.set_defaults(fn=cmd_recommend)
 
     p = _with_store(sub.add_parser("compare", help="runs side by side: headline figures, then the config keys that differ"))

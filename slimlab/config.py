@@ -175,7 +175,9 @@ class ExperimentConfig(Strict):
     @field_validator("steps")
     @classmethod
     def _steps_known(cls, v):
-        return [validate_step(i, s) for i, s in enumerate(v)]
+        steps = [validate_step(i, s) for i, s in enumerate(v)]
+        _prune_before_quantize([step["kind"] for step in steps])
+        return steps
 
     @model_validator(mode="after")
     def _a_batch_fits_the_training_subset(self):
@@ -212,6 +214,19 @@ def validate_step(index: int, raw: dict) -> dict:
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         raise ValueError(f"step {index} ({kind}): {where + ': ' if where else ''}{msg}") from None
     return {"kind": kind, **parsed.model_dump(mode="json")}
+
+
+def _prune_before_quantize(kinds: list[str]) -> None:
+    """Pruning scores, masks and retrains float weights; after a quantize step they are int8 (or fp16), so a prune step
+    there would at best prune the layers left in float and backpropagate through int8 kernels that have no gradient."""
+    if "quantize" not in kinds or "prune" not in kinds[kinds.index("quantize"):]:
+        return
+    first_q = kinds.index("quantize")
+    late_p = kinds.index("prune", first_q)
+    order = [k for k in kinds if k == "prune"] + [k for k in kinds if k != "prune"]
+    raise ValueError(f"step {late_p} (prune) comes after step {first_q} (quantize): pruning needs the float weights that "
+                     f"quantization replaces; put the prune step first, in the order that works: "
+                     f"[{', '.join('{kind: ' + k + ', ...}' for k in order)}]")
 
 
 def canonical_json(config: ExperimentConfig) -> str:

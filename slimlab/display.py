@@ -50,6 +50,21 @@ def _value(key: str, value) -> str:
     return str(value)
 
 
+def deployable_summary(entries: list[dict]) -> str:
+    """notes.deployable_files in one sentence: each file and what it takes, the input, the normalization, the classes."""
+    try:
+        first = entries[0]
+        files = "; ".join(f"{e['file']} takes {e['input']['dtype']}" + (" raw pixels" if e["normalization"]["inside_the_file"] else
+                          " normalized pixels") for e in entries)
+        norm, classes = first["normalization"], first["output"]["classes"]
+        named = ", ".join(classes[:10]) + (f" and {len(classes) - 10} more" if len(classes) > 10 else "")
+        shape = "x".join(str(d) for d in first["input"]["shape"][1:])
+        return (f"{files}; NCHW {shape} {first['input']['channels']}; mean {[round(v, 4) for v in norm['mean']]}, std "
+                f"{[round(v, 4) for v in norm['std']]} (of 1); {len(classes)} classes: {named}; the JSON beside each file says all")
+    except (KeyError, IndexError, TypeError):  # a record written by other code: shown as it is
+        return str(entries)
+
+
 def record_lines(record, full: bool = False) -> list[str]:
     """A run: status, headline figures, the other metrics by group; with `full`, notes, config and environment."""
     lines = [f"run {record.id}  status: {record.status}  {record.name}"]
@@ -82,6 +97,8 @@ def record_lines(record, full: bool = False) -> list[str]:
     if notes:
         lines += ["", "notes (how each figure was measured):"]
         for key, text in sorted(notes.items()):
+            if key == "deployable_files":
+                text = deployable_summary(text)
             text = ", ".join(map(str, text)) if isinstance(text, list) else str(text)
             lines += textwrap.wrap(f"{key}: {text}", width=110, initial_indent="  ", subsequent_indent="      ")
     for title, section in (("config", record.config), ("environment", record.env)):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import platform
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from slimlab import measure
 from slimlab.config import ExperimentConfig, config_hash, rewind_epochs, training_hash
 from slimlab.data import DatasetRequest, load_dataset
 from slimlab.data.loader import balanced_subset, split_validation
-from slimlab.deployable import DEFERRABLE_FORMATS, MODEL_FILES, load_deployable, speedups, time_latency
+from slimlab.deployable import (DEFERRABLE_FORMATS, MODEL_FILES, RAW_FILES, describe_input, load_deployable, load_raw_file, raw_top1,
+                                speedups, time_latency, with_preprocessing)
 from slimlab.errors import ConfigError, SlimlabError
 from slimlab.models import create_model
 from slimlab.data.prepared import Prepared
@@ -45,10 +47,13 @@ def resolve_device(name: str, planned: str | None = None) -> torch.device:
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
+def _dataset_request(config: ExperimentConfig, progress: bool) -> DatasetRequest:
+    return DatasetRequest(roots=data_roots(config), cache_dir=Path("~/.cache/slimlab").expanduser(), download=config.data.download,
+                          path=Path(config.data.path) if config.data.path else None, options={"progress": progress, **config.data.options})
+
+
 def prepare_data(config: ExperimentConfig, progress: bool = True, device: str | None = None) -> Prepared:
-    request = DatasetRequest(roots=data_roots(config), cache_dir=Path("~/.cache/slimlab").expanduser(), download=config.data.download,
-                             path=Path(config.data.path) if config.data.path else None, options={"progress": progress, **config.data.options})
-    dataset = load_dataset(config.data.name, request)
+    dataset = load_dataset(config.data.name, _dataset_request(config, progress))
     train_split, val_split = split_validation(dataset.train, config.data.val_size, seed=DATA_SPLIT_SEED)
     if config.data.train_subset:
         train_split = balanced_subset(train_split, config.data.train_subset, seed=DATA_SPLIT_SEED)
@@ -106,10 +111,15 @@ def failure_class(exc: BaseException) -> str:
 
 
 def _run_locked(config: ExperimentConfig, run_id: str, store: Store, options: RunOptions) -> RunRecord:
+    # What can be checked before work starts is checked before a record exists: a dataset that cannot be read, a
+    # factory that is not there, weights or an output width that do not fit the data fail here, in one line, and
+    # leave no `failed` run behind.
+    data = prepare_data(config, options.progress, options.device)
+    model = _build_model(config, data)
     store.start(run_id, config.model_dump(mode="json"), config.name)
     try:
         with store.heartbeat(run_id):
-            metrics, notes, env, history = _execute(config, run_id, store, options)
+            metrics, notes, env, history = _execute(config, run_id, store, options, data, model)
     except BaseException as exc:
         kind = failure_class(exc)
         reasons = {"killed": "interrupted", "diverged": str(exc)}
@@ -138,6 +148,15 @@ def _build_model(config: ExperimentConfig, data: Prepared) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if config.train.channels_last and c > 1 else model
 
 
+def check_inputs(config: ExperimentConfig) -> None:
+    """What a run checks before its record exists, on the CPU and without splitting the data: the dataset loads, the
+    factory builds, the weights fit, one logit per class. A study calls it once per data and model before it starts."""
+    dataset = load_dataset(config.data.name, _dataset_request(config, progress=False))
+    c, h, w = dataset.image_shape
+    model = create_model(config.model.name, dataset.num_classes, c, h, weights=config.model.weights, **config.model.options)
+    _check_output_width(model, config.model.name, dataset.num_classes, (2, c, h, w), torch.device("cpu"))
+
+
 def _check_output_width(model: nn.Module, name: str, num_classes: int, shape: tuple, device: torch.device) -> None:
     """One forward pass when the model is built: a factory whose output does not give one logit per class fails here,
     in one line, not in the loss mid-training."""
@@ -155,13 +174,11 @@ def _check_output_width(model: nn.Module, name: str, num_classes: int, shape: tu
                           f"{num_classes} classes, so it must give ({shape[0]}, {num_classes}): one logit per class")
 
 
-def _execute(config: ExperimentConfig, run_id: str, store: Store, options: RunOptions):
+def _execute(config: ExperimentConfig, run_id: str, store: Store, options: RunOptions, data: Prepared, model: nn.Module):
     # Import the step modules now: a run of hours must not import, after training, code that changed on disk meanwhile.
     kinds = step_kinds()
     progress = options.progress
-    data = prepare_data(config, progress, options.device)
     device = data.device
-    model = _build_model(config, data)
 
     snapshots: dict[int, dict] = {}
     history, energy = _train_stage(config, model, data, store, progress, snapshots, options.retrain, set(options.snapshot_epochs))
@@ -311,11 +328,8 @@ def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: S
         tta = evaluate(model, context.test_loader(device=device), amp=False, flip_tta=True)
         metrics.update(top1_flip_tta=tta["top1"], top5_flip_tta=tta["top5"])
     example = context.example(1, device)
-    blob, fmt = (context.serialize or measure.serialize_deployable)(model, example)
-    path = store.save_artifact(run_id, MODEL_FILES.get(fmt, "model.pt"), blob)
-    metrics.update(measure.size_figures(blob))
-    notes["model_format"] = fmt  # torchscript | state_dict | onnx | torch.export: what model_size_bytes measures
-    notes["model_size_bytes"] = f"bytes of {path.name} ({fmt}) on disk; deflate = zlib level 9 of the same bytes"
+    metrics.update(_save_deployables(model, context, run_id, store, notes, example))
+    fmt = notes["model_format"]
     counts = _counts(model, example)
     if counts["params"] == 0 and step_input_counts:  # an engine outside torch (ONNX Runtime): the layers it was handed
         counts = step_input_counts
@@ -331,6 +345,38 @@ def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: S
     latency_notes["latency_flagged"] = notes.get("latency_flagged", []) + latency_notes.get("latency_flagged", [])  # a step's too
     notes.update({k: v for k, v in latency_notes.items() if v}, latency_status="measured")
     return {**metrics, **figures, **speedups({**context.metrics, **figures}, cfg.batch_sizes)}
+
+
+def _save_deployables(model: nn.Module, context: StepContext, run_id: str, store: Store, notes: dict, example: torch.Tensor) -> dict:
+    """The deployable file, the same with the preprocessing inside (raw pixels in), and beside each a JSON that says
+    what to feed it (normalization, input size, channel order, class names); the raw file is loaded back and scored
+    on the raw test images, as a deployment would run it."""
+    blob, fmt = (context.serialize or measure.serialize_deployable)(model, example)
+    name = MODEL_FILES.get(fmt, "model.pt")
+    store.save_artifact(run_id, name, blob)
+    metrics = measure.size_figures(blob, fmt)
+    notes["model_format"] = fmt  # torchscript | state_dict | onnx | torch.export: what model_size_bytes measures
+    notes["model_size_bytes"] = f"bytes of {name} ({fmt}) on disk; deflate = zlib level 9 of the same bytes"
+    notes["weight_payload_bytes"] = f"bytes of the tensors {name} stores (parameters and buffers, int8 one byte each), without its code"
+    dataset, test = context.data.dataset, context.data.test
+    loader = context.test_loader(device=example.device)
+    described = [describe_input(name, fmt, False, dataset)]
+    raw_blob, why_not = with_preprocessing(model, fmt, blob, test.images[:1].to(example.device), dataset.mean, dataset.std,
+                                           loader.channels_last) if fmt != "state_dict" else (None, "the model could not be traced")
+    if raw_blob is not None:
+        raw_name = RAW_FILES[fmt]
+        store.save_artifact(run_id, raw_name, raw_blob)
+        described.append(describe_input(raw_name, fmt, True, dataset))
+        metrics["deployable_raw_top1"] = raw_top1(load_raw_file(raw_blob, fmt, example.device), test.images.to(example.device), test.labels,
+                                                  context.config.measure.eval_batch_size)
+        notes["deployable_raw_top1"] = (f"{raw_name} loaded back with torch or onnxruntime alone and fed the raw uint8 test images, "
+                                        f"{loader.batch_size} at a time; top-1 by argmax")
+    else:
+        notes["deployable_raw"] = f"no file with the preprocessing inside: {why_not}"
+    for entry in described:
+        store.save_artifact(run_id, Path(entry["file"]).stem + ".json", (json.dumps(entry, indent=1) + "\n").encode())
+    notes["deployable_files"] = described
+    return metrics
 
 
 def measure_pending_latency(store: Store, run_id: str) -> RunRecord:

@@ -140,7 +140,8 @@ def _evaluate(model: nn.Module, loader: DeviceLoader, amp: bool, max_batches: in
         logits = logits.float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += (top[:, 0] == y).sum().item()
+        # argmax, not topk's first: of equal logits (int8 logits tie) the first class, as any deployment script computes it.
+        correct1 += (logits.argmax(dim=1) == y).sum().item()
         correct5 += (top == y[:, None]).any(dim=1).sum().item()
         n += y.numel()
     model.train(was_training)

@@ -10,6 +10,7 @@ import types
 
 import pytest
 import torch
+from torch import nn
 
 import slimlab
 from slimlab import measure
@@ -222,3 +223,31 @@ def test_energy_of_a_resumed_training_sums_every_segment(tmp_path, store_dir, mo
     # The first segment's epoch counts too, not only the resumed segment's two.
     assert record.metrics["train_energy_j"] == pytest.approx(sum(h["energy_j"] for h in history))
     assert "sum of its 3 epochs" in record.notes["train_energy_j"]
+
+
+def test_weight_payload_counts_the_tensors_as_stored_not_the_container():
+    """int8 weights count one byte each, plus their scales and zero points; TorchScript's code is left out (issue 24:
+    for a tiny CNN the int8 file is larger than the float one, while the weights it stores are about half)."""
+    from slimlab.quantize import quantize_static
+    from slimlab.quantize.configs import StaticConfig
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+    x = torch.randn(4, 3, 32, 32)
+    blob, fmt = measure.serialize_deployable(model, x[:1])
+    float_sizes = measure.size_figures(blob, fmt)
+    assert float_sizes["weight_payload_bytes"] == 4 * (8 * 3 * 9 + 8 + 10 * 8 + 10) == 1256  # float32 parameters
+    int8 = quantize_static(model, StaticConfig(), [x])
+    blob, fmt = measure.serialize_deployable(int8, x[:1])
+    sizes = measure.size_figures(blob, fmt)
+    weights = 216 + 80  # int8, one byte each
+    per_channel = (8 + 10) * (8 + 8)  # a float64 scale and an int64 zero point per output channel
+    biases = 4 * (8 + 10)  # float32
+    activations = 2 * (4 + 8)  # two activation quantizers: a float32 scale and an int64 zero point each
+    assert sizes["weight_payload_bytes"] == weights + per_channel + biases + activations == 680
+    assert sizes["model_size_bytes"] > float_sizes["model_size_bytes"]  # the container grows: code per quantized module
+    import onnx  # noqa: F401  (ONNX: initializers and Constant tensors)
+
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (x[:1],), buffer, dynamo=False)
+    assert measure.size_figures(buffer.getvalue(), "onnx")["weight_payload_bytes"] == 1256

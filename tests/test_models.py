@@ -59,8 +59,41 @@ def test_user_factory_and_checkpoint(tmp_path, monkeypatch):
     assert torch.equal(reloaded[0].weight, model[0].weight)
     with pytest.raises(SlimlabError, match="does not fit"):
         create_model("mynet:build", num_classes=3, weights=tmp_path / "ck.pt")
-    with pytest.raises(ConfigError, match="cannot import"):
+    with pytest.raises(ConfigError, match="no module named 'nosuchmodule'"):
         create_model("nosuchmodule:build")
+
+
+MYMODELS = ("import torch.nn as nn\n"
+            "def build(num_classes=10, in_channels=3):\n"
+            "    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.Flatten(1), nn.LazyLinear(num_classes))\n")
+
+
+def test_a_factory_in_the_current_folder_imports_as_python_m_would(tmp_path, monkeypatch):
+    (tmp_path / "mymodels_cwd.py").write_text(MYMODELS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", ".", str(tmp_path))])
+    model = create_model("mymodels_cwd:build", num_classes=5)
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 5)
+
+
+def test_a_module_that_is_not_there_says_how_to_make_it_findable(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        create_model("mymodels_absent:build")
+    said = str(caught.value)
+    assert "\n" not in said and f"no module named 'mymodels_absent' in the current folder ({tmp_path})" in said
+    assert "mymodels_absent.py" in said and "PYTHONPATH" in said
+
+
+def test_a_module_whose_own_import_fails_or_lacks_the_factory_is_named(tmp_path, monkeypatch):
+    (tmp_path / "mymodels_broken.py").write_text("import torchvizion\n")
+    (tmp_path / "mymodels_typo.py").write_text(MYMODELS)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"module 'mymodels_broken' was found, but importing it failed: No module named "
+                                          r"'torchvizion'; install 'torchvizion' or fix the import in it"):
+        create_model("mymodels_broken:build")
+    with pytest.raises(ConfigError, match=r"'mymodels_typo' \(.*mymodels_typo.py\) has no callable 'buidl'; its functions: build"):
+        create_model("mymodels_typo:buidl")
 
 
 def test_checkpoint_with_code_is_refused(tmp_path):

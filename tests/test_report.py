@@ -224,3 +224,38 @@ def test_a_missing_store_or_study_is_a_clear_error(tmp_path, hand_store):
     assert not (tmp_path / "nowhere").exists()
     with pytest.raises(ConfigError, match=r"no study 'nope' .* \(studies there: hand\)"):
         load_study(hand_store, "nope")
+
+
+def test_recommend_prints_the_experiment_and_writes_only_where_told(hand_store, tmp_path, monkeypatch, capsys):
+    from slimlab.cli import main
+    from slimlab.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["recommend", "hand", "--store", str(hand_store), "--minimize", "size"]) == 0
+    out = capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []  # nothing written unasked (it wrote ./recommended.yaml)
+    assert "Ranked by size = model_size_bytes, the deployable file on disk, code and container included" in out
+    printed = out.split("`slimlab run FILE`):\n", 1)[1]
+    assert printed.startswith("# Recommended by slimlab recommend: waiting (run w0)")  # 0.25 MB within 1 point
+    assert main(["recommend", "hand", "--store", str(hand_store), "--minimize", "size", "--out", "best.yaml"]) == 0
+    assert "experiment file: best.yaml" in capsys.readouterr().out and (tmp_path / "best.yaml").read_text() == printed.replace(
+        "slimlab run FILE", "slimlab run best.yaml")
+    assert load_config(tmp_path / "best.yaml").model.name == "resnet20"
+    assert main(["recommend", "hand", "--store", str(hand_store), "--minimize", "payload"]) == 1  # no run records one
+    assert "Ranked by payload = weight_payload_bytes" in capsys.readouterr().out
+
+
+def test_recommend_ranks_by_the_file_or_by_its_weights_as_asked(tmp_path):
+    """The issue's case: a tiny CNN whose int8 TorchScript file outweighs the float one while its weights are a quarter."""
+    store = Store(tmp_path / "store")
+    runs = [_add(store, "f0", "float", 0, {"top1": 97.0, "model_size_bytes": 69_679, "weight_payload_bytes": 57_600, "macs": 1e6}),
+            _add(store, "q0", "int8", 0, {"top1": 96.8, "float_top1": 97.0, "model_size_bytes": 71_139,
+                                          "weight_payload_bytes": 16_036, "macs": 1e6}, steps=QUANT)]
+    (store.root / "studies").mkdir()
+    (store.root / "studies" / "tiny.json").write_text(json.dumps({"name": "tiny", "source": "tiny.yaml", "updated": 0.0,
+                                                                  "axes": [], "runs": runs}))
+    study = load_study(store.root, "tiny")
+    assert recommend(study.runs, max_drop=1.0, minimize="size").best.group == "float"
+    by_payload = recommend(study.runs, max_drop=1.0, minimize="payload")
+    assert by_payload.best.group == "int8" and by_payload.best.value == pytest.approx(0.016036)  # MB
+    assert "Weight payload, tensors as stored (MB)" in format_recommendation(by_payload, "tiny")

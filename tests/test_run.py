@@ -1,5 +1,6 @@
 """One experiment end to end: recorded, skipped when done, resumed after a kill, failed with a reason on NaN."""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -284,3 +285,58 @@ def test_a_run_killed_inside_a_pruning_round_or_qat_resumes_inside_it(tmp_path, 
     out2, _ = straight.communicate(timeout=300)
     for key in ("top1", "test_loss", "prune_sparsity"):
         assert json.loads(out)["metrics"][key] == json.loads(out2)["metrics"][key], key
+
+
+def _image_folder(root, classes: int, size: int = 8, per_class: int = 12):
+    """class sub-folders of small PNGs: a user's own data."""
+    from PIL import Image
+
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (size, size), (20 * c, 7 * i, 100)).save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+MISTAKES = {  # what a user gets wrong, found only once the data or the model exists: (config overrides, the one line)
+    "factory typo": ({"model.name": "usernet:buidl"}, r"model.name: 'usernet' \(.*usernet.py\) has no callable 'buidl'; its functions: build, fixed10"),
+    "output width": ({"model.name": "usernet:fixed10", "data.name": "imagefolder", "data.path": "FOLDER", "data.val_size": 4,
+                      "data.options": {}},
+                     r"model.name: 'usernet:fixed10' gives \(2, 10\) for a batch of \(2, 3, 8, 8\) images; the dataset has 3 classes"),
+    "data does not fit": ({"model.name": "usernet:build", "data.name": "imagefolder", "data.path": "FOLDER", "data.val_size": 4,
+                           "data.options": {}}, r"model.name: 'usernet:build' fails on a batch of \(2, 3, 8, 8\) images: RuntimeError"),
+    "weights do not fit": ({"model.name": "usernet:build", "model.weights": "WEIGHTS"}, r"model.weights: .*wrong.pt does not fit the model"),
+    "prune after quantize": ({"steps": [{"kind": "quantize", "method": "dynamic"}, {"kind": "prune", "amount": 0.5}]},
+                             r"steps: step 1 \(prune\) comes after step 0 \(quantize\).*put the prune step first, in the order "
+                             r"that works: \[\{kind: prune, ...\}, \{kind: quantize, ...\}\]"),
+}
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_a_mistake_found_once_data_and_model_exist_stops_the_run_before_a_record(mistake, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from slimlab.cli import main
+
+    (tmp_path / "usernet.py").write_text(
+        "import torch.nn as nn\n"
+        "def build(num_classes=10, in_channels=3, image_size=32):  # a head sized for 32x32 inputs\n"
+        "    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 32 * 32, num_classes))\n"
+        "def fixed10(num_classes=10, in_channels=3):  # ignores the dataset's class count\n"
+        "    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))\n")
+    torch.save(torch.nn.Linear(3, 3).state_dict(), tmp_path / "wrong.pt")
+    _image_folder(tmp_path / "photos", classes=3)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))  # the image folder's decoded cache
+    overrides, said = MISTAKES[mistake]
+    raw = tiny_config(**overrides)
+    raw["data"] = {k: v for k, v in raw["data"].items() if not (raw["data"]["name"] == "imagefolder" and k == "options")}
+    raw["data"]["path"] = str(tmp_path / "photos") if "path" in raw["data"] else None
+    raw["model"]["weights"] = str(tmp_path / "wrong.pt") if raw["model"].get("weights") else None
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr(sys.modules["slimlab.run"], "train", lambda *a, **k: pytest.fail("training started"))
+    assert main(["run", "exp.yaml", "--store", "store", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("slimlab: error: exp.yaml: ") and "Traceback" not in err
+    assert re.search(said, err), err
+    assert Store(tmp_path / "store").runs() == []  # no `failed` record: nothing ran

@@ -142,8 +142,32 @@ def test_a_job_told_its_time_is_up_requeues_itself_and_resumes_from_its_checkpoi
     assert [r.status for r in Store(store).runs()] == ["done"]
 
 
+FAILS_IN_TRAINING = """
+from torch import nn
+from slimlab.models import create_model
+
+
+class FailsInTraining(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        if self.training:
+            raise RuntimeError("this model fails in training")
+        return self.inner(x)
+
+
+def build(num_classes, in_channels, image_size):
+    return FailsInTraining(create_model("resnet20", num_classes, in_channels, image_size))
+"""
+
+
 def test_the_runs_of_a_parent_whose_training_fails_are_cancelled_and_say_why(cluster_env, tmp_path, counted):
-    base = tiny_config(**{"train.epochs": 1, "model.name": "nowhere_module:build"})
+    # A model that builds and answers in eval mode (so `slimlab study` lets it through; a missing module is refused
+    # before anything is submitted), and fails on the node once it trains.
+    (tmp_path / "fails_in_training.py").write_text(FAILS_IN_TRAINING)
+    base = tiny_config(**{"train.epochs": 1, "model.name": "fails_in_training:build"})
     path = write_study(tmp_path, {"variants": {"a": {}, "b": {"measure": {"batch_sizes": [2]}}}}, base)
     out = _study(str(path), "--store", str(tmp_path / "store"))
     assert out.returncode == 1

@@ -71,6 +71,36 @@ def test_an_experiment_file_given_to_study_says_which_verb_it_is_for(tmp_path):
         load_study(path)
 
 
+def test_a_study_whose_factory_is_not_there_stops_before_it_writes_anything(tmp_path, monkeypatch, capsys):
+    from slimlab.cli import main
+
+    path = write_study(tmp_path, {"grid": {"seed": [0, 1]}}, tiny_config(**{"model.name": "usernets_absent:buidl"}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["study", str(path), "--store", "store", "--executor", "inline", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: model.name: no module named 'usernets_absent' in the current folder" in err
+    assert not (tmp_path / "store").exists()  # no failed records, no manifest: nothing was started
+    (tmp_path / "usernets_absent.py").write_text("def build(num_classes):\n    raise NotImplementedError\n")
+    assert main(["study", str(path), "--store", "store", "--executor", "inline", "--quiet"]) == 2
+    assert "has no callable 'buidl'; its functions: build" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_study_whose_weights_do_not_fit_stops_before_it_writes_anything(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from slimlab.cli import main
+
+    torch.save(torch.nn.Linear(3, 3).state_dict(), tmp_path / "other.pt")
+    path = write_study(tmp_path, {"variants": {"mine": {"model.weights": str(tmp_path / "other.pt")}, "fresh": {}}},
+                       tiny_config(**{"train.epochs": 1}))
+    monkeypatch.chdir(tmp_path)
+    assert main(["study", str(path), "--store", "store", "--executor", "inline", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path} (mine): model.weights: {tmp_path / 'other.pt'} does not fit the model: 128 of the model's 128 entries are not in the file" in err
+    assert not (tmp_path / "store").exists()  # not one failed record per run
+
+
 def _cli(*args, cwd=REPO, **kw):
     return subprocess.run([sys.executable, "-m", "slimlab", *args], cwd=cwd, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)

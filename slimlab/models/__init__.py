@@ -4,13 +4,15 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import inspect
+import os
+import sys
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from slimlab.errors import ConfigError, SlimlabError
+from slimlab.errors import ConfigError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -57,11 +59,11 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a state dict (weights_only, so a checkpoint cannot run code); accepts {'model': sd} or {'state_dict': sd} too."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise SlimlabError(f"model.weights: checkpoint {path} does not exist")
+        raise ConfigError(f"model.weights: checkpoint {path} does not exist")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
-        raise SlimlabError(f"model.weights: {path} is not a plain state-dict checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+        raise ConfigError(f"model.weights: {path} is not a plain state-dict checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
     for key in ("model", "state_dict", "model_state"):
         if isinstance(blob, dict) and isinstance(blob.get(key), dict):
             blob = blob[key]
@@ -69,20 +71,69 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     try:
         model.load_state_dict(blob)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0] + " " + " ".join(str(exc).splitlines()[1:2])
-        raise SlimlabError(f"model.weights: {path} does not fit the model: {first.strip()}") from exc
+        raise ConfigError(f"model.weights: {path} does not fit the model: {_misfit(model.state_dict(), blob) or str(exc).splitlines()[0]}; "
+                           "check model.name and model.options (and the data's classes and channels) against the checkpoint") from None
+
+
+def _misfit(expected: dict, found: dict) -> str:
+    """What differs between a model's state dict and a checkpoint's, in one line: counts, and a few names each."""
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+    missing = [k for k in expected if k not in found]
+    unknown = [k for k in found if k not in expected]
+    shapes = [f"{k} is {tuple(found[k].shape)} in the file, {tuple(expected[k].shape)} in the model" for k in found
+              if k in expected and hasattr(found[k], "shape") and tuple(found[k].shape) != tuple(expected[k].shape)]
+    parts = ([f"{len(missing)} of the model's {len(expected)} entries are not in the file ({some(missing)})"] if missing else []) + \
+            ([f"{len(unknown)} entries of the file are not in the model ({some(unknown)})"] if unknown else []) + shapes[:2]
+    return "; ".join(parts)
+
+
+def check_factory(spec: str) -> None:
+    """Import a user factory 'package.module:function' now, so that a study refuses a missing one before it starts."""
+    _import_factory(spec)
 
 
 def _import_factory(spec: str) -> Callable[..., nn.Module]:
     module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"model.name: cannot import module '{module_name}' ({exc})") from exc
+    module = _import_user_module(module_name)
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise ConfigError(f"model.name: '{module_name}' has no callable '{attr}'")
+        found = sorted(n for n, v in vars(module).items() if inspect.isfunction(v) and v.__module__ == module.__name__)
+        known = f"; its functions: {', '.join(found)}" if found else ""
+        raise ConfigError(f"model.name: '{module_name}' ({getattr(module, '__file__', '?')}) has no callable '{attr}'{known}")
     return factory
+
+
+def _import_user_module(module_name: str):
+    """Import a user's module as `python -m` would: from sys.path, else from the current folder (the `slimlab` script's
+    own folder, not the current one, heads sys.path); a module that truly is not there gets how to make it findable."""
+    here = os.getcwd()
+    if here not in [os.path.abspath(p or ".") for p in sys.path]:
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name.split(".")[0]:
+                return _import(module_name, here)  # found, but something it imports is missing: said in one line
+        sys.path.insert(0, here)
+        importlib.invalidate_caches()
+    return _import(module_name, here)
+
+
+def _import(module_name: str, here: str):
+    top = module_name.split(".")[0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == top:
+            raise ConfigError(f"model.name: no module named '{top}' in the current folder ({here}) or on sys.path; run "
+                              f"slimlab from the folder that holds {top}.py (or the {top}/ package), or add that folder to "
+                              f"PYTHONPATH, e.g. PYTHONPATH=/path/to/folder slimlab run ...") from exc
+        raise ConfigError(f"model.name: module '{module_name}' was found, but importing it failed: {exc}; install "
+                          f"'{exc.name}' or fix the import in it") from None
+    except Exception as exc:  # a syntax error or an exception raised while the module runs
+        first = (str(exc).splitlines() or [""])[0]
+        raise ConfigError(f"model.name: importing module '{module_name}' failed: {type(exc).__name__}: {first}") from None
 
 
 def _load_builtin() -> None:

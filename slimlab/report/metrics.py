@@ -48,6 +48,7 @@ METRICS = {
     "top1": Metric("top1", "Top-1 accuracy (%)", _scaled("top1", 1)),
     "top1_change": Metric("top1_change", "Top-1 change vs float parent (points)", _top1_change),
     "size": Metric("size", "Size on disk (MB)", _scaled("model_size_bytes", 1e-6)),
+    "payload": Metric("payload", "Weight payload, tensors as stored (MB)", _scaled("weight_payload_bytes", 1e-6)),
     "train_time": Metric("train_time", "Training time (s)", _scaled("total_train_seconds", 1)),
     "quant_sqnr": Metric("quant_sqnr", "Quantization error, SQNR of logits (dB)", _scaled("quant_sqnr_db", 1)),
     "quant_rel_l2": Metric("quant_rel_l2", "Quantization error, rel. L2 of logits", _scaled("quant_rel_l2", 1)),

@@ -102,11 +102,16 @@ def recommend(runs: list[StudyRun], max_drop: float = 1.0, minimize: str = "late
     return Recommendation(objective, max_drop, ranked, rejected, parents)
 
 
+def experiment_text(candidate: Candidate, filename: str = "FILE") -> str:
+    """The recommended run's resolved config as the text of an experiment file `slimlab run` takes."""
+    run = candidate.runs[0]
+    header = f"# Recommended by slimlab recommend: {candidate.group} (run {run.id}); `slimlab run {filename}` reproduces it.\n"
+    return header + yaml.safe_dump(run.record.config, sort_keys=False)
+
+
 def write_experiment(candidate: Candidate, path: str | Path) -> Path:
     """The recommended run's resolved config as an experiment file `slimlab run` takes."""
-    run = candidate.runs[0]
-    header = f"# Recommended by slimlab recommend: {candidate.group} (run {run.id}); `slimlab run {Path(path).name}` reproduces it.\n"
-    Path(path).write_text(header + yaml.safe_dump(run.record.config, sort_keys=False))
+    Path(path).write_text(experiment_text(candidate, Path(path).name))
     return Path(path)
 
 
