@@ -145,7 +145,7 @@ def test_the_report_answers_each_question_in_one_module_and_defines_each_metric_
     from slimlab.report.metrics import METRICS
 
     record_keys = {"_median_ms", "model_size_bytes", "total_train_seconds", "quant_sqnr_db", "prune_sparsity",
-                   "prune_nonzero_macs_after", "prune_sparse_bytes", "train_energy_j"}
+                   "prune_nonzero_macs_after", "prune_sparse_bytes", "train_energy_j", "weight_payload_bytes"}
     assert all(m.read({key: 1.0 for key in record_keys | {"top1", "float_top1", "quant_rel_l2", "nonzero_params", "macs"}})
                is not None for m in METRICS.values())  # the list covers what the metrics read
     elsewhere = [(name, key) for name in modules if name != "metrics.py"
