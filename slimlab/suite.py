@@ -110,7 +110,11 @@ def _static(engine: str) -> Callable[[Probe], dict]:
 def _dynamic(probe: Probe) -> dict:
     from slimlab.quantize import DynamicConfig, quantize_dynamic_
 
+    from slimlab.quantize import coverage
+
     quantized = quantize_dynamic_(copy.deepcopy(probe.model), DynamicConfig(), probe.evaluate[0])
+    rows = coverage.explain(coverage.layer_coverage(quantized), probe.model, "dynamic", known_reasons=quantized.slimlab_float_reasons)
+    coverage.refuse_no_op(rows, "dynamic")  # as the quantize step does: SqueezeNet has no Linear layer at all
     return _check_quantized(probe, quantized, probe.floor("dynamic"))
 
 
@@ -132,7 +136,7 @@ def _qat(probe: Probe) -> dict:
         nn.functional.cross_entropy(prepared(x), y).backward()
         optimizer.step()
     prepared.eval()
-    quantized = runs_or_refuse(convert_qat(prepared), probe.calibration[0][:1], "x86")
+    quantized = runs_or_refuse(convert_qat(prepared), probe.calibration[0][:1], "x86", type(probe.model).__name__)
     return _check_quantized(probe, quantized, probe.floor("qat"), reference=prepared)
 
 

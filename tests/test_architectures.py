@@ -68,3 +68,13 @@ def test_structured_pruning_prunes_at_least_as_many_models_as_torch_pruning():
 def test_onnxruntime_passes_on_vgg_alexnet_and_the_attention_models():
     assert {n: _cell(n, "static onnxruntime").status for n in ("vgg11_bn", "alexnet", "vit", "swin")} == dict.fromkeys(
         ("vgg11_bn", "alexnet", "vit", "swin"), "pass")
+
+
+def test_an_int8_graph_torch_cannot_run_is_refused_in_one_line():
+    """MNASNet at 32 px ends on a 1x1 map, where torch.ao's converted int8 mean fails at run time."""
+    from slimlab.errors import SlimlabError
+    from slimlab.quantize import StaticConfig, quantize_static
+
+    probe = suite.make_probe(build_architecture("mnasnet0_5"), size=32)
+    with pytest.raises(SlimlabError, match=r"^x86: the converted int8 model of MNASNet does not run: .*try engine pt2e or onnxruntime$"):
+        quantize_static(probe.model, StaticConfig(engine="x86"), probe.calibration)

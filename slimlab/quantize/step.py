@@ -114,7 +114,7 @@ def _quantization_aware_training(model: nn.Module, cfg: QuantizeStepConfig, cont
     callbacks = [QATSchedule(cfg.freeze_bn_epoch, cfg.freeze_observer_epoch)] + ([MaskKeeper(pruned)] if pruned else [])
     history = train(model.to(context.data.device), context.train_loader(), train_cfg, val_loader=val, progress=context.progress,
                     callbacks=callbacks, desc="qat", **context.resumable("qat"))
-    return runs_or_refuse(convert_qat(model), calibration[0][:1], cfg.engine), history
+    return runs_or_refuse(convert_qat(model), calibration[0][:1], cfg.engine, context.config.model.name), history
 
 
 def _layer_rows(float_model: nn.Module, model: nn.Module, cfg: QuantizeStepConfig, context: StepContext) -> list[dict]:

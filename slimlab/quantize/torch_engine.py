@@ -75,17 +75,17 @@ def quantize_torch_static(model: nn.Module, config: StaticConfig, calibration: S
     qconfig = static_qconfig(config.engine, config.observer, config.per_channel)
     prepared = prepare_torch_(model, qconfig, config.skip, calibration[0][:1], config.engine, config.mode)
     calibrate(prepared, calibration)
-    return runs_or_refuse(convert_torch_(prepared), calibration[0][:1], config.engine)
+    return runs_or_refuse(convert_torch_(prepared), calibration[0][:1], config.engine, type(model).__name__)
 
 
 @torch.no_grad()
-def runs_or_refuse(quantized: nn.Module, example: torch.Tensor, engine: str) -> nn.Module:
+def runs_or_refuse(quantized: nn.Module, example: torch.Tensor, engine: str, name: str = "the model") -> nn.Module:
     """The converted model, after one forward pass: torch.ao can convert graphs its kernels then cannot run (a mean
     over a 1x1 quantized channels-last map in MNASNet and ShuffleNetV2), which must be one line here, not a traceback
     at measuring time."""
     try:
         quantized(example.cpu())
     except Exception as exc:  # noqa: BLE001  (a kernel's refusal comes as any error type)
-        raise SlimlabError(f"{engine}: the converted int8 model of {type(quantized).__name__} does not run: "
+        raise SlimlabError(f"{engine}: the converted int8 model of {name} does not run: "
                            f"{(str(exc).strip().splitlines() or [''])[0][:160]}; try engine pt2e or onnxruntime") from None
     return quantized
