@@ -78,3 +78,26 @@ def test_an_int8_graph_torch_cannot_run_is_refused_in_one_line():
     probe = suite.make_probe(build_architecture("mnasnet0_5"), size=32)
     with pytest.raises(SlimlabError, match=r"^x86: the converted int8 model of MNASNet does not run: .*try engine pt2e or onnxruntime$"):
         quantize_static(probe.model, StaticConfig(engine="x86"), probe.calibration)
+
+
+def test_the_quantization_check_fails_a_wrong_int8_model():
+    """The floor is a real check: on ResNet-18 it is the full 8 dB, and an int8 model whose output is off (here its
+    logits negated, -6 dB; a wrong scale or a layer fed the wrong tensor lands near 0 dB) does not pass."""
+    from slimlab.quantize import StaticConfig, quantize_static
+
+    probe = _probe("resnet18")
+    assert probe.floor("static") == suite.SQNR_FLOOR_DB["static"]
+    quantized = quantize_static(probe.model, StaticConfig(engine="x86"), probe.calibration)
+    figures, _ = suite._check_quantized(probe, quantized, probe.floor("static"))
+    assert figures["sqnr_db"] >= 8 and figures["int8_layers"] == figures["layers"]
+
+    class Negated(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = quantized
+
+        def forward(self, x):
+            return -self.inner(x)
+
+    with pytest.raises(AssertionError, match="under the 8.0 dB floor"):
+        suite._check_quantized(probe, Negated(), probe.floor("static"))
