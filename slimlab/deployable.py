@@ -21,6 +21,16 @@ def speedups(metrics: dict, batch_sizes) -> dict:
     return out
 
 
+def inherit_flags(flagged: list[str], ratios: dict) -> list[str]:
+    """The flagged metric keys plus every speed-up (speedup_bN_vs_float_X) whose baseline or own latency is flagged."""
+    inherited = []
+    for key in ratios:
+        batch, _, baseline = key.removeprefix("speedup_b").partition("_vs_float_")
+        if {f"float_{baseline}_latency_b{batch}_median_ms", f"latency_b{batch}_median_ms"} & set(flagged):
+            inherited.append(key)
+    return list(dict.fromkeys([*flagged, *inherited]))
+
+
 MODEL_FILES = {"onnx": "model.onnx", "torch.export": "model.pt2"}  # the deployable file's name by format; others model.pt
 DEFERRABLE_FORMATS = ("torchscript", "onnx", "torch.export")  # deployable files the latency stage can load back and time
 

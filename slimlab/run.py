@@ -17,7 +17,7 @@ from slimlab.config import ExperimentConfig, config_hash, rewind_epochs, trainin
 from slimlab.data import DatasetRequest, load_dataset
 from slimlab.data.loader import balanced_subset, split_validation
 from slimlab.deployable import (DEFERRABLE_FORMATS, MODEL_FILES, RAW_FILES, describe_input, load_deployable, load_raw_file, raw_top1,
-                                speedups, time_latency, with_preprocessing)
+                                speedups, inherit_flags, time_latency, with_preprocessing)
 from slimlab.errors import ConfigError, SlimlabError
 from slimlab.models import create_model
 from slimlab.data.prepared import Prepared
@@ -344,7 +344,9 @@ def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: S
     figures, latency_notes = time_latency(model, cfg, lambda batch: context.example(batch, device))
     latency_notes["latency_flagged"] = notes.get("latency_flagged", []) + latency_notes.get("latency_flagged", [])  # a step's too
     notes.update({k: v for k, v in latency_notes.items() if v}, latency_status="measured")
-    return {**metrics, **figures, **speedups({**context.metrics, **figures}, cfg.batch_sizes)}
+    ratios = speedups({**context.metrics, **figures}, cfg.batch_sizes)
+    notes["latency_flagged"] = inherit_flags(notes.get("latency_flagged", []), ratios)
+    return {**metrics, **figures, **ratios}
 
 
 def _save_deployables(model: nn.Module, context: StepContext, run_id: str, store: Store, notes: dict, example: torch.Tensor) -> dict:

@@ -95,3 +95,26 @@ def test_the_report_has_a_coverage_table_per_variant(tmp_path):
     study = load_study(store.root, "c")
     assert coverage_table(study).rows == [["int8", "quantize (static, x86)", "6 of 8 layers int8; 2 float: 2 unsupported op (attention)"]]
     assert "coverage" in [t.key for t in build_tables(study)]
+
+
+def test_a_float_baseline_timed_under_load_is_flagged_and_so_are_its_speedups(store_dir, monkeypatch):
+    """Issue 26: a new user's run recorded a 156.9x speed-up over a float baseline timed 140x too slow, unflagged."""
+    import slimlab.measure
+    from slimlab.deployable import inherit_flags
+
+    real = slimlab.measure.measure_latency
+    calls = []
+
+    def measure(model, example, *args, **kwargs):
+        calls.append(type(model).__name__)
+        result = real(model, example, *args, **kwargs)
+        return {**result, "disturbed": "another process held the CPU"} if len(calls) == 1 else result  # the first baseline
+
+    monkeypatch.setattr(slimlab.measure, "measure_latency", measure)
+    record = _run(store_dir, [{"kind": "quantize", "method": "static"}])
+    flagged = record.notes["latency_flagged"]
+    assert "float_eager_latency_b1_median_ms" in flagged and "speedup_b1_vs_float_eager" in flagged
+    assert "speedup_b4_vs_float_eager" not in flagged and "speedup_b1_vs_float_compiled" not in flagged
+    assert "another process held the CPU" in record.notes["float_baselines_noisy"]
+    assert inherit_flags(["latency_b4_median_ms"], {"speedup_b4_vs_float_compiled": 2.0, "speedup_b1_vs_float_eager": 1.0}) == [
+        "latency_b4_median_ms", "speedup_b4_vs_float_compiled"]

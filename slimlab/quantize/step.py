@@ -74,10 +74,17 @@ def _float_baselines(float_model: nn.Module, context: StepContext) -> None:
 
     threads = cfg.threads or default_threads()
     variants = {"eager": float_model, "compiled": Lowered(copy.deepcopy(float_model))}
+    disturbed = []
     for name, model in variants.items():
         for batch in cfg.batch_sizes:
             lat = measure_latency(model, context.example(batch, CPU), cfg.warmup, cfg.repeats, threads)
-            context.metrics[f"float_{name}_latency_b{batch}_median_ms"] = lat["median_ms"]
+            key = f"float_{name}_latency_b{batch}_median_ms"
+            context.metrics[key] = lat["median_ms"]
+            if lat.get("disturbed"):  # the same check as every latency: a baseline timed under load is flagged, and so
+                disturbed.append(f"{key}: {lat['disturbed']}")  # is every speed-up computed from it (run.py)
+                context.notes.setdefault("latency_flagged", []).append(key)
+    if disturbed:
+        context.notes["float_baselines_noisy"] = "; ".join(disturbed)
     context.notes["float_baselines"] = (f"float_eager_latency_bN_median_ms: the float model in eager PyTorch; "
                                         f"float_compiled_latency_bN_median_ms: torch.compile with inductor freezing; "
                                         f"on the CPU, {threads} threads, median of {cfg.repeats}")
