@@ -259,3 +259,20 @@ def test_recommend_ranks_by_the_file_or_by_its_weights_as_asked(tmp_path):
     by_payload = recommend(study.runs, max_drop=1.0, minimize="payload")
     assert by_payload.best.group == "int8" and by_payload.best.value == pytest.approx(0.016036)  # MB
     assert "Weight payload, tensors as stored (MB)" in format_recommendation(by_payload, "tiny")
+
+
+def test_recommend_never_ranks_a_gpu_latency_against_a_cpu_one(tmp_path):
+    """Issue 26: a configuration timed on a GPU is not faster than one timed on a CPU; it is named apart, with why."""
+    store, runs = Store(tmp_path / "store"), []
+    for run_id, variant, device, latency, steps in [("f", "float", "cpu", 3.0, []), ("q", "int8", "cpu", 2.0, QUANT),
+                                                    ("p", "pruned", "cpu", 2.5, [PRUNE]), ("g", "gpu", "cuda", 0.1, QUANT)]:
+        config = {"name": f"dev:{variant}/seed=0", "seed": 0, "data": {"name": "synthetic"}, "model": {"name": "resnet20"}, "steps": steps}
+        store.start(run_id, config, config["name"])
+        store.finish(run_id, _m(70.0, 70.0 if steps else None, 1.0, latency), {}, {"device": device}, [])
+        runs.append({"id": run_id, "label": f"{variant}/seed=0", "variant": variant, "point": {"seed": 0}, "training": None})
+    (store.root / "studies").mkdir()
+    (store.root / "studies" / "dev.json").write_text(json.dumps({"name": "dev", "source": "d.yaml", "updated": 0.0, "axes": ["seed"], "runs": runs}))
+    rec = recommend(load_study(store.root, "dev").runs, max_drop=1.0, minimize="latency_b1")
+    assert rec.best.group == "int8" and [c.group for c in rec.ranked] == ["int8", "pruned", "float"]
+    assert dict(rec.rejected)["gpu"] == "latency timed on cuda; the ranking compares latencies timed on cpu"
+    assert recommend(load_study(store.root, "dev").runs, max_drop=1.0, minimize="size").best is not None  # sizes compare anywhere

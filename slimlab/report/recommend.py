@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from slimlab.report.metrics import METRICS, Metric, joined, mean_std, metric, values_of
+from slimlab.report.metrics import METRICS, Metric, device_of, joined, mean_std, metric, values_of
 from slimlab.report.study import StudyRun
 from slimlab.report.tables import fmt
 
@@ -62,6 +62,8 @@ def _rejection(runs: list[StudyRun], objective: Metric) -> str | None:
         return "no float parent accuracy recorded"
     if objective.key.startswith("latency_b") and any(r.record.notes.get("latency_status") == "pending" for r in done):
         return "latency pending"
+    if objective.key.startswith("latency_b") and len({device_of(r) for r in done}) > 1:
+        return f"replicates timed on different devices ({joined(device_of(r) for r in done)})"
     if len(values_of(done, objective)) < len(done):
         return f"no {objective.label}"
     return None
@@ -81,6 +83,17 @@ def _parent(run: StudyRun, runs: list[StudyRun]) -> StudyRun | None:
     return next((p for p in runs if p.status == "done" and not p.record.config.get("steps") and base(p) == base(run)), None)
 
 
+def _one_device(ranked: list[Candidate], rejected: list, objective: Metric) -> tuple[list[Candidate], list]:
+    """Latencies are ranked on one device only (the one most candidates were timed on): a GPU figure against a CPU one
+    compares the machines, not the configurations. The others are named, with why."""
+    devices = [device_of(c.runs[0]) for c in ranked]
+    if not objective.key.startswith("latency_b") or len(set(devices)) < 2:
+        return ranked, rejected
+    kept = max(sorted(set(devices)), key=devices.count)
+    others = [(c.group, f"latency timed on {d}; the ranking compares latencies timed on {kept}") for c, d in zip(ranked, devices) if d != kept]
+    return [c for c, d in zip(ranked, devices) if d == kept], rejected + others
+
+
 def recommend(runs: list[StudyRun], max_drop: float = 1.0, minimize: str = "latency_b1") -> Recommendation:
     """Rank the configurations (replicates grouped) whose accuracy stays within `max_drop` points of the float parent
     by `minimize` (latency_bN, size, energy, macs), lowest first; every other configuration is named with why."""
@@ -97,6 +110,7 @@ def recommend(runs: list[StudyRun], max_drop: float = 1.0, minimize: str = "late
         if candidate and candidate.change_low < -max_drop:
             why = f"top-1 change {candidate.change_low:+.2f} points" + (" (mean - std)" if len(candidate.runs) > 1 else "")
         (rejected.append((group, why)) if why else ranked.append(candidate))
+    ranked, rejected = _one_device(ranked, rejected, objective)
     ranked.sort(key=lambda c: (c.value, -c.top1))
     parents = {c.group: p for c in ranked if (p := _parent(c.runs[0], runs))}
     return Recommendation(objective, max_drop, ranked, rejected, parents)
