@@ -117,7 +117,7 @@ def test_failed_pending_and_unmeasured_runs_are_shown_not_dropped(hand_store, tm
     cells = {row[0]: dict(zip(comparison[0], row)) for row in comparison}
     assert cells["Runs"]["broken"] == "1 failed (error)" and cells["Runs"]["later"] == "1 pending"
     assert cells["Inference time, batch 1, median (ms)"]["waiting"] == "(1 pending)"
-    assert cells["Inference time, batch 1, median (ms)"]["noisy"] == "0.5 (1 noisy)"
+    assert cells["Inference time, batch 1, median (ms)"]["noisy"] == "0.5 (all 1 noisy)"
     runs = {row["id"]: row for row in csv.DictReader(open(tmp_path / "runs.csv"))}
     assert len(runs) == 10
     assert runs["x0"]["status"] == "failed" and "non-finite loss" in runs["x0"]["error"]
@@ -259,6 +259,22 @@ def test_recommend_ranks_by_the_file_or_by_its_weights_as_asked(tmp_path):
     by_payload = recommend(study.runs, max_drop=1.0, minimize="payload")
     assert by_payload.best.group == "int8" and by_payload.best.value == pytest.approx(0.016036)  # MB
     assert "Weight payload, tensors as stored (MB)" in format_recommendation(by_payload, "tiny")
+
+
+def test_a_latency_timed_under_load_is_left_out_of_the_mean_and_counted():
+    """Issue 26: 7.44 ms timed on a busy machine beside 0.723 ms timed alone was shown as "4.08 ± 4.75"."""
+    from slimlab.report.study import StudyRun
+    from slimlab.report.tables import latency_cell
+    from slimlab.store import RunRecord
+
+    def run(latency, noisy):
+        record = RunRecord(id="r", name="s:v/seed=0", status="done", config={}, metrics={"latency_b16_median_ms": latency},
+                           notes={"latency_noisy": "p90 is 3x the median"} if noisy else {}, env={"device": "cpu"},
+                           error=None, created=0.0, updated=0.0)
+        return StudyRun("r", "v/seed=0", "v", {}, record)
+
+    assert latency_cell([run(0.723, False), run(0.731, False), run(7.44, True)], 16) == "0.727 ± 0.00566 (n=2) (1 noisy left out)"
+    assert latency_cell([run(7.44, True)], 16) == "7.44 (all 1 noisy)"
 
 
 def test_recommend_never_ranks_a_gpu_latency_against_a_cpu_one(tmp_path):
