@@ -42,9 +42,10 @@ def prune_structured_(model: nn.Module, amount: float, example_inputs: torch.Ten
 
     `engine`: slimlab's own channel tracer, Torch-Pruning's dependency graph (tp_engine.py), or `auto`: both on copies,
     keeping Torch-Pruning only when it removed AUTO_MARGIN more of the parameters (the own tracer alone when residual
-    channels are spared). A group is pruned only when all layers
-    producing its channels are selected. Returns each pruned group's channel counts (Torch-Pruning: per layer); the
-    engine that pruned is on `model.slimlab_structured_engine`. `example_inputs` defaults to one 32x32 image.
+    channels are spared). A group is pruned only when all layers producing its channels are selected. Returns each
+    pruned group's channel counts (Torch-Pruning: per layer); the engine that pruned is on
+    `model.slimlab_structured_engine`, what it pruned and kept on `model.slimlab_structured_coverage`.
+    `example_inputs` defaults to one 32x32 image.
     """
     chosen = get_method(method, "structured")
     _check_arguments(amount, scope, round_to, engine)
@@ -92,6 +93,7 @@ def _reason_kind(why: str) -> str:
 
 
 def count_params(model: nn.Module) -> int:
+    """Number of parameter elements."""
     return sum(p.numel() for p in model.parameters())
 
 
