@@ -17,6 +17,7 @@ class Score:
     objective: float
     images: int
     run_id: str
+    single: bool = False  # one compression method as it comes (one step, nothing left float): what a fixed grid tries
 
 
 def objective_value(record: RunRecord, cfg: ExploreConfig) -> float | None:
@@ -35,7 +36,8 @@ def score(label: str, record: RunRecord | None, cfg: ExploreConfig, objective: f
         return None
     change = metrics["top1"] - metrics.get("float_top1", metrics["top1"])
     images = record.config["data"].get("test_subset") or cfg.val_size
-    return Score(label, change, value, images, record.id)
+    steps = record.config.get("steps") or []
+    return Score(label, change, value, images, record.id, len(steps) == 1 and not steps[0].get("skip"))
 
 
 def slack(change: float, images: int) -> float:

@@ -41,9 +41,17 @@ def write_results(out: Path, cfg, result) -> None:
                "seconds": round(result.seconds, 1), "pick": asdict(result.pick) if result.pick else None,
                "closest": asdict(result.closest) if result.closest else None,
                "float": asdict(result.float_score) if result.float_score else None, "test": result.test,
+               "best_single": asdict(single) if (single := best_single(cfg, result)) else None,
                "deployable": str(result.deployable) if result.deployable else None, "load": result.snippet,
                "selection": "every choice on the validation split; the test split read once per finalist, at the end"}
     write_atomic(out / RECOMMENDATION_JSON, json.dumps(summary, indent=1).encode())
+
+
+def best_single(cfg, result):
+    """The fastest single method (one step as it comes) within the budget on the whole validation split."""
+    from slimlab.explore.halving import pick
+
+    return pick([s for s in result.scores.get("rung1", []) if s.single], cfg)
 
 
 def format_result(cfg, result) -> str:
@@ -58,6 +66,10 @@ def format_result(cfg, result) -> str:
     ratio = f", {base.objective / pick.objective:.2f}x better than float ({base.objective:.4g} {unit})" if base and pick.objective else ""
     lines = [f"Recommended: {pick.label} (run {pick.run_id[:8]}): {cfg.minimize} {pick.objective:.4g} {unit}{ratio}; "
              f"validation top-1 change {pick.change:+.2f} points on {pick.images} images"]
+    single = best_single(cfg, result)
+    if single is not None and single.label != pick.label and pick.objective:
+        lines.append(f"Best single method within the budget: {single.label}, {single.objective:.4g} {unit} "
+                     f"({single.objective / pick.objective:.2f}x the pick's)")
     if pick.label in result.test:
         test = result.test[pick.label]["test_top1"]
         ref = result.test.get("float", {}).get("test_top1")

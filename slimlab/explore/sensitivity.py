@@ -94,7 +94,9 @@ def format_table(cfg: ExploreConfig, rows: list[dict]) -> str:
     width = max(len(r["layer"]) for r in rows)
     lines = [f"{'layer':<{width}}  " + "  ".join(f"{c:>15}" for c in columns)]
     for row in rows:
-        cells = ["failed/none".rjust(15) if row[c] is None else f"{row[c]:+15.2f}" for c in columns]
+        classifier = row["layer"] == rows[-1]["layer"]
+        cells = [("-" if classifier and c.startswith("channels") else "failed").rjust(15) if row[c] is None
+                 else f"{row[c]:+15.2f}" for c in columns]
         lines.append(f"{row['layer']:<{width}}  " + "  ".join(cells))
     by_int8 = ranked(rows, int8_harm)
     by_prune = ranked(rows[:-1], lambda r: prune_harm(r, cfg)) if len(rows) > 1 else []
