@@ -3,7 +3,7 @@
     python bench/explore.py --weights resnet20.pt                 # CIFAR-10 (JPEG copy) ResNet-20, max drop 1 point
     python bench/explore.py --weights resnet20.pt --inc-python /tmp/inc-venv/bin/python
 
-Both search on the same 5,000 validation images and calibrate on the same 1,000 further training images; neither
+Both search on the same validation images (--val-size) and calibrate on the same 1,000 further training images; neither
 reads the test split to choose. INC (neural-compressor 3.x, PyTorch static quantization through PT2E, its own tuning
 space: activations symmetric or not, KL or min-max; `tolerable_loss` 0.01, relative) stops at its first passing
 configuration. Then every pick is timed here, in one process, the same way: slimlab.measure.measure_latency at batch 1
@@ -35,7 +35,7 @@ INC_SCRIPT = Path(__file__).with_name("explore_inc.py")
 
 
 def explore_config(args) -> ExploreConfig:
-    return ExploreConfig(model=args.model, weights=args.weights, data=args.data, val_size=5000, calibration_size=1000,
+    return ExploreConfig(model=args.model, weights=args.weights, data=args.data, val_size=args.val_size, calibration_size=1000,
                          slice_size=args.slice_size, max_drop=args.max_drop, minimize="latency_b1", engines=args.engines,
                          unstructured_ladder=args.unstructured, channel_ladder=args.channels, float_layers=[1, 2, 4])
 
@@ -104,6 +104,8 @@ def main() -> None:
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--data", default="cifar10_jpeg")
     parser.add_argument("--max-drop", type=float, default=1.0)
+    parser.add_argument("--val-size", type=int, default=5000, help="validation images; a smaller number takes a subset of "
+                        "the same held-out images (the same seeded permutation), never images the parent trained on")
     parser.add_argument("--slice-size", type=int, default=1000)
     parser.add_argument("--engines", nargs="+", default=["x86", "pt2e"])
     parser.add_argument("--unstructured", nargs="*", type=float, default=[0.5])

@@ -99,7 +99,8 @@ def format_table(cfg: ExploreConfig, rows: list[dict]) -> str:
                  else f"{row[c]:+15.2f}" for c in columns]
         lines.append(f"{row['layer']:<{width}}  " + "  ".join(cells))
     by_int8 = ranked(rows, int8_harm)
-    by_prune = ranked(rows[:-1], lambda r: prune_harm(r, cfg)) if len(rows) > 1 else []
+    pruned = [r for r in rows[:-1] if not math.isinf(prune_harm(r, cfg))]
+    by_prune = ranked(pruned, lambda r: prune_harm(r, cfg))
     lines.append(f"Most sensitive to int8: {', '.join(by_int8[:3])}; least: {', '.join(by_int8[-3:][::-1])}")
     if by_prune:
         lines.append(f"Most sensitive to pruning: {', '.join(by_prune[:3])}; least: {', '.join(by_prune[-3:][::-1])}")
