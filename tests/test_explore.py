@@ -180,3 +180,22 @@ def test_the_heldout_view_is_exactly_the_runs_validation_split():
                          progress=False, device="cpu")
     assert torch.equal(view.test.images, plain.val.images) and torch.equal(view.test.labels, plain.val.labels)
     assert len(view.train) + len(view.val) == len(plain.train)  # calibration comes from the training images left
+
+
+def test_the_command_hands_the_question_and_the_executor_to_explore(tmp_path, monkeypatch, capsys):
+    import slimlab.explore
+    from slimlab.cli import main
+
+    seen = {}
+
+    def fake(cfg, store, out, executor, options, say):
+        seen.update(cfg=cfg, out=out, executor=executor, jobs=options.jobs, store=store.root)
+        return search.Explored([], [], {"rung1": [_score("int8 x86", -3.0, 1.0)]}, closest=_score("int8 x86", -3.0, 1.0))
+
+    monkeypatch.setattr(slimlab.explore, "explore", fake)
+    (tmp_path / "e.yaml").write_text("model: resnet20\ndata: synthetic\nminimize: size\n")
+    code = main(["explore", str(tmp_path / "e.yaml"), "--max-drop", "0.5", "-j", "2", "--store", str(tmp_path / "s"),
+                 "--out", str(tmp_path / "o")])
+    assert code == 1  # nothing met the budget
+    assert seen["cfg"].minimize == "size" and seen["cfg"].max_drop == 0.5 and seen["jobs"] == 2 and seen["executor"] == "local"
+    assert capsys.readouterr().out.strip().endswith("the closest is 'int8 x86' (-3.00 points)")
