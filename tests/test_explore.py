@@ -199,3 +199,24 @@ def test_the_command_hands_the_question_and_the_executor_to_explore(tmp_path, mo
     assert code == 1  # nothing met the budget
     assert seen["cfg"].minimize == "size" and seen["cfg"].max_drop == 0.5 and seen["jobs"] == 2 and seen["executor"] == "local"
     assert capsys.readouterr().out.strip().endswith("the closest is 'int8 x86' (-3.00 points)")
+
+
+def test_candidates_come_from_the_evidence_and_their_fine_tuned_versions_are_valid_runs():
+    from slimlab.explore import candidates
+    from slimlab.explore.trials import run_config
+
+    cfg = ExploreConfig(model="resnet20", data="synthetic", data_options=DATA, engines=["x86", "pt2e"], float_layers=[1, 2],
+                        channel_ladder=[0.5], max_drop=1.0, finetune_epochs=1)
+    rows = [{"layer": "a", "int8_only": -0.1, "float_only": 0.0, "channels_0.5": -0.2, "int8_only_sqnr_db": 30.0},
+            {"layer": "b", "int8_only": -2.0, "float_only": 1.5, "channels_0.5": -5.0, "int8_only_sqnr_db": 12.0},
+            {"layer": "c", "int8_only": -0.5, "float_only": 0.2, "channels_0.5": -0.4, "int8_only_sqnr_db": 20.0},
+            {"layer": "fc", "int8_only": 0.0, "float_only": 0.0, "channels_0.5": None, "int8_only_sqnr_db": 40.0}]
+    trials = {t.label: t for t in candidates.first_rung(cfg, rows)}
+    assert trials["int8 x86, 1 most sensitive float"].steps[0]["skip"] == ["b"]
+    assert trials["int8 x86, 2 most sensitive float"].steps[0]["skip"] == ["b", "c"]
+    assert trials["int8 pt2e"].steps[0]["engine"] == "pt2e"
+    prune = trials["channels 0.5 on 1 least sensitive"].steps[0]
+    assert prune["include"] == ["a"] and prune["amount"] == 0.5  # b missed the budget alone; of a and c, a hurt least
+    tuned = candidates.fine_tuned(cfg, trials["channels 0.5 on 1 least sensitive, then int8 x86"])
+    assert [s.get("after_round", s.get("method")) for s in tuned.steps] == ["finetune", "qat"] and tuned.val_images is None
+    assert run_config(cfg, tuned).steps[1]["qat_epochs"] == 1
