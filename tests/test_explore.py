@@ -128,7 +128,9 @@ def test_a_rerun_redoes_no_trial_and_a_killed_one_finishes(explored, tmp_path, m
     monkeypatch.undo()
     resumed = explore(cfg, fresh, tmp_path / "out", "inline", say=lambda _: None)
     assert {i: (r.attempts, r.seconds) for i, r in ((r.id, r) for r in fresh.runs()) if i in sensitivity} == sensitivity
-    assert resumed.pick.label == result.pick.label
+    # A fresh store times every candidate afresh, so the fastest may differ within the timing noise; the rest may not.
+    assert {s.label for s in resumed.scores["rung0"]} == {s.label for s in result.scores["rung0"]}
+    assert resumed.pick is not None and resumed.pick.change >= -cfg.max_drop
 
 
 def _score(label, change, objective, images=1000):
@@ -220,3 +222,11 @@ def test_candidates_come_from_the_evidence_and_their_fine_tuned_versions_are_val
     tuned = candidates.fine_tuned(cfg, trials["channels 0.5 on 1 least sensitive, then int8 x86"])
     assert [s.get("after_round", s.get("method")) for s in tuned.steps] == ["finetune", "qat"] and tuned.val_images is None
     assert run_config(cfg, tuned).steps[1]["qat_epochs"] == 1
+
+
+def test_a_spent_time_budget_stops_before_the_next_stage_and_says_how_to_go_on(explored):
+    cfg, store, out, result = explored
+    before = len(store.runs())
+    stopped = explore(cfg.model_copy(update={"time_budget": 0.0}), store, out, "inline", say=lambda _: None)
+    assert stopped.scores == {} and stopped.pick is None and len(store.runs()) == before
+    assert "larger --time-budget goes on" in format_result(cfg, stopped)

@@ -57,6 +57,9 @@ def best_single(cfg, result):
 def format_result(cfg, result) -> str:
     """The answer for people: the pick against float (validation change, objective ratio, test figures), the load line."""
     unit = {"size": "bytes", "macs": "MACs"}.get(cfg.minimize, "ms")
+    if result.pick is None and not result.scores:
+        return ("slimlab explore: the time budget ended the search after the sensitivity stage; the same command with a "
+                "larger --time-budget goes on from there")
     if result.pick is None:
         near = result.closest
         return ("slimlab explore: no configuration keeps validation top-1 within {:g} points of float; the closest is "
