@@ -84,6 +84,9 @@ def test_the_pick_keeps_the_budget_on_validation_and_is_the_fastest_that_does(ex
     assert pick.objective == min(s.objective for s in passing)
     record = store.get(pick.run_id)
     assert record.config["data"]["name"] == "heldout" and record.metrics["latency_b1_median_ms"] == pick.objective
+    # ExecOptions.defer_latency: timed alone from the saved file after the stage, no float baselines compiled per trial
+    assert record.notes["latency"].endswith("timed alone in the latency stage")
+    assert "float_compiled_latency_b1_median_ms" not in record.metrics
     assert len(result.scores["rung0"]) > len(result.scores["rung1"]) - 1  # halving: not everything was promoted
 
 
