@@ -7,7 +7,7 @@ Both search on the same validation images (--val-size) and calibrate on the same
 reads the test split to choose. INC (neural-compressor 3.x, PyTorch static quantization through PT2E, its own tuning
 space: activations symmetric or not, KL or min-max; `tolerable_loss` 0.01, relative) stops at its first passing
 configuration. Then every pick is timed here, in one process, the same way: slimlab.measure.measure_latency at batch 1
-(median of 30 after 10 warm-up); INC's pick and the float model compiled as INC's documentation deploys them
+(median of 30 after 10 warm-up, every model in turn three times over, the lowest median kept); INC's pick and the float model compiled as INC's documentation deploys them
 (torch.compile, inductor freezing). Size is the deployable file: TorchScript, or torch.export's .pt2.
 
 INC runs in its own virtual environment (it must not change the project's), given by --inc-python: a venv that sees
@@ -53,26 +53,32 @@ def run_inc(args, cfg: ExploreConfig, out: Path) -> dict:
     return {**figures, "process_seconds": time.monotonic() - started}
 
 
-def _timed(model, batch: int = 1) -> float:
-    from slimlab.measure import measure_latency
-
-    return measure_latency(model, torch.randn(batch, 3, 32, 32), warmup=10, repeats=30)["median_ms"]
+ROUNDS = 3  # every model is timed in turn, ROUNDS times over; the least disturbed median is kept
 
 
 def time_all(cfg: ExploreConfig, pick_file: Path, inc_file: Path | None) -> dict:
-    """Batch-1 latency and file size of float (eager, compiled), explore's pick and INC's pick, in this process."""
-    from slimlab.measure import serialize_deployable
+    """Batch-1 latency and file size of float (eager, compiled), explore's pick and INC's pick, in this process: each
+    called once first (torch.compile compiles then), then timed round-robin ROUNDS times, keeping the lowest median."""
+    from slimlab.measure import measure_latency, serialize_deployable
     from slimlab.models import create_model
     from slimlab.quantize.pt2e import Lowered, load_program
 
     model = create_model(cfg.model, 10, 3, 32, weights=cfg.weights).eval()
     blob, _ = serialize_deployable(model, torch.randn(1, 3, 32, 32))
-    rows = {"float eager": (_timed(model), len(blob)), "float compiled": (_timed(Lowered(model)), len(blob))}
     pick = load_program(pick_file) if pick_file.suffix == ".pt2" else torch.jit.load(str(pick_file)).eval()
-    rows["explore pick"] = (_timed(pick), pick_file.stat().st_size)
+    models = {"float eager": (model, len(blob)), "float compiled": (Lowered(model), len(blob)),
+              "explore pick": (pick, pick_file.stat().st_size)}
     if inc_file is not None and inc_file.exists():
-        rows["INC pick"] = (_timed(load_program(inc_file)), inc_file.stat().st_size)
-    return rows
+        models["INC pick"] = (load_program(inc_file), inc_file.stat().st_size)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        for built, _ in models.values():
+            built(x)
+    medians: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(ROUNDS):
+        for name, (built, _) in models.items():
+            medians[name].append(measure_latency(built, x, warmup=10, repeats=30)["median_ms"])
+    return {name: (min(medians[name]), size) for name, (_, size) in models.items()}
 
 
 def _cpu() -> str:
