@@ -233,3 +233,15 @@ def test_a_spent_time_budget_stops_before_the_next_stage_and_says_how_to_go_on(e
     stopped = explore(cfg.model_copy(update={"time_budget": 0.0}), store, out, "inline", say=lambda _: None)
     assert stopped.scores == {} and stopped.pick is None and len(store.runs()) == before
     assert "larger --time-budget goes on" in format_result(cfg, stopped)
+
+
+def test_data_is_a_registered_dataset_or_an_image_folder(tmp_path):
+    from slimlab.errors import ConfigError
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    section = data_section(ExploreConfig(model="resnet20", data=str(folder), data_options={"image_size": 32}))
+    assert section["name"] == "heldout" and section["path"] == str(folder.resolve())
+    assert section["options"] == {"of": "imagefolder", "val_size": 5000, "options": {"image_size": 32}}
+    with pytest.raises(ConfigError, match="neither a registered dataset"):
+        data_section(ExploreConfig(model="resnet20", data=str(tmp_path / "nowhere")))
