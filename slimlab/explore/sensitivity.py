@@ -51,7 +51,7 @@ def accuracy_change(record: RunRecord | None) -> float | None:
     """Validation top-1 minus the float model's on the same images, in points; None when the trial did not finish."""
     if not done(record) or "float_top1" not in record.metrics:
         return None
-    return record.metrics["top1"] - record.metrics["float_top1"]
+    return round(record.metrics["top1"] - record.metrics["float_top1"], 4)
 
 
 def sensitivity_table(cfg: ExploreConfig, layers: list[str], records: dict[tuple[str, str], RunRecord | None]) -> list[dict]:
