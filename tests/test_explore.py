@@ -245,3 +245,10 @@ def test_data_is_a_registered_dataset_or_an_image_folder(tmp_path):
     assert section["options"] == {"of": "imagefolder", "val_size": 5000, "options": {"image_size": 32}}
     with pytest.raises(ConfigError, match="neither a registered dataset"):
         data_section(ExploreConfig(model="resnet20", data=str(tmp_path / "nowhere")))
+
+
+def test_the_example_explore_file_is_valid():
+    from slimlab.explore.config import load_explore_config
+
+    cfg = load_explore_config(Path(__file__).resolve().parents[1] / "examples" / "explore" / "resnet20.yaml", {})
+    assert (cfg.model, cfg.minimize, cfg.max_drop, cfg.time_budget, cfg.engines) == ("resnet20", "latency_b1", 1.0, 7200, ["x86", "pt2e"])
