@@ -115,6 +115,24 @@ def _check_inputs(study) -> None:
                 raise ConfigError(f"{study.source} ({run.label}): {exc}") from None
 
 
+def cmd_explore(args) -> int:
+    from pathlib import Path
+
+    from slimlab.executors import ExecOptions, get_executor
+    from slimlab.explore import explore, load_explore_config
+    from slimlab.explore.outputs import format_result
+
+    flags = {"model": args.model, "weights": args.weights, "data": args.data, "max_drop": args.max_drop,
+             "minimize": args.minimize, "time_budget": args.time_budget, "name": args.name}
+    cfg = load_explore_config(args.file, flags)  # every bad value refused here, before any work
+    get_executor(args.executor)
+    options = ExecOptions(jobs=args.jobs, retries=args.retries, progress=False, slurm=_slurm_flags(args))
+    out = Path(args.out or f"explore-{cfg.name}")
+    result = explore(cfg, _store(args), out, args.executor, options, say=print)
+    print(format_result(cfg, result))
+    return 0 if result.pick else 1
+
+
 def _gpus(args) -> list[str]:
     if args.gpus:
         return [g.strip() for g in args.gpus.split(",") if g.strip()]
@@ -469,12 +487,34 @@ def _add_listing_commands(sub) -> None:
         p.set_defaults(fn=fn)
 
 
+def _add_explore_command(sub) -> None:
+    """explore: a trained model and an accuracy budget in, the fastest configuration within it out."""
+    p = _with_store(sub.add_parser("explore", help="search quantization and pruning for your trained model: sensitivity, "
+                                  "candidates, successive halving on validation, the pick within --max-drop"))
+    p.add_argument("file", nargs="?", help="an explore YAML (the same keys as the flags, plus the search's settings)")
+    p.add_argument("--model", help="a registered model or package.module:factory")
+    p.add_argument("--weights", help="the trained model's state-dict checkpoint")
+    p.add_argument("--data", help="a registered dataset or an image folder")
+    p.add_argument("--max-drop", type=float, default=None, help="validation top-1 points the pick may lose (default 1.0)")
+    p.add_argument("--minimize", default=None, help="latency_b<N>, size or macs (default latency_b1)")
+    p.add_argument("--time-budget", default=None, help="stop starting new stages after this long, e.g. 2h, 90m")
+    p.add_argument("--name", default=None, help="names its studies in the store (default: from the model)")
+    p.add_argument("--out", default=None, help="folder for the sensitivity table, trials, recommendation and deployable file "
+                   "(default: explore-NAME)")
+    p.add_argument("--executor", default="local", help="local (default), slurm or inline")
+    p.add_argument("-j", "--jobs", type=_at_least(1), default=1, help="local: worker processes")
+    p.add_argument("--retries", type=_at_least(0), default=0, help="retry transient failures up to N times")
+    p.add_argument("--partition", default=None, help="slurm: partition")
+    p.add_argument("--time-min", type=int, default=None, help="slurm: time limit per job, minutes")
+    p.set_defaults(fn=cmd_explore, cpus_per_run=None, mem_gb=None, gpus_per_run=None, max_parallel=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimlab", description="Train, quantize, prune and measure models; compare the trade-offs.")
     parser.add_argument("--version", action="version", version=f"slimlab {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    for add in (_add_run_commands, _add_report_commands, _add_listing_commands):
+    for add in (_add_run_commands, _add_explore_command, _add_report_commands, _add_listing_commands):
         add(sub)
     return parser
 

@@ -118,4 +118,4 @@ def load_dataset(name: str, request: DatasetRequest) -> ImageDataset:
 
 def _load_builtin() -> None:
     # Importing the modules runs their @register_dataset decorators.
-    from slimlab.data import cifar, idx, imagefolder, synthetic  # noqa: F401
+    from slimlab.data import cifar, heldout, idx, imagefolder, synthetic  # noqa: F401

@@ -29,6 +29,7 @@ class ExecOptions:
     detach: bool = False  # submit and return (slurm)
     progress: bool = True
     slurm: dict = field(default_factory=dict)  # the study file's slurm: section, with the command line's flags on top
+    defer_latency: bool = False  # time latencies at the end, alone, even with one worker (explore: no float baselines per run)
 
 
 @dataclass

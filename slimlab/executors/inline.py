@@ -15,7 +15,7 @@ from slimlab.store import Store
 @register_executor("inline")
 def execute_inline(plan: Plan, store: Store, options: ExecOptions) -> Outcome:
     """Run the plan's tasks in order in this process; a failed run is recorded and the study goes on."""
-    settings = ScheduleOptions(options.retries, options.max_same_failures, False, options.force, options.retrain)
+    settings = ScheduleOptions(options.retries, options.max_same_failures, options.defer_latency, options.force, options.retrain)
     schedule = Schedule(plan, store, settings)
     messages = []
     with tqdm(desc="study", unit="task", disable=not options.progress or not sys.stderr.isatty()) as bar:

@@ -141,7 +141,8 @@ def crash_result(exitcode: int | None, oom_before: int) -> dict:
 def execute_local(plan: Plan, store: Store, options: ExecOptions) -> Outcome:
     """Run the plan in worker processes; latencies are timed at the end, alone, when more than one worker runs."""
     envs = worker_environments(options.jobs, options.gpus)
-    schedule = Schedule(plan, store, ScheduleOptions(options.retries, options.max_same_failures, len(envs) > 1, options.force, options.retrain))
+    schedule = Schedule(plan, store, ScheduleOptions(options.retries, options.max_same_failures, len(envs) > 1 or options.defer_latency,
+                                                          options.force, options.retrain))
     context = mp.get_context("spawn")  # never fork a process that may hold torch threads or CUDA
     workers = [_start_worker(context, env, str(store.root)) for env in envs]
     messages: list[str] = []

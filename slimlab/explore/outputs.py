@@ -1,0 +1,82 @@
+"""The explore folder: the sensitivity table (CSV, JSON), every trial's score (CSV), the recommendation (JSON, text)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from slimlab.atomic import write_atomic
+
+SENSITIVITY_CSV, SENSITIVITY_JSON = "sensitivity.csv", "sensitivity.json"
+TRIALS_CSV, RECOMMENDATION_JSON = "trials.csv", "recommendation.json"
+
+
+def _csv(rows: list[dict]) -> bytes:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue().encode()
+
+
+def write_sensitivity(out: Path, table: list[dict]) -> None:
+    """Layer x setting: top-1 change in points on the validation slice (empty where a trial failed)."""
+    write_atomic(out / SENSITIVITY_CSV, _csv(table))
+    write_atomic(out / SENSITIVITY_JSON, json.dumps(table, indent=1).encode())
+
+
+def _objective_name(cfg) -> str:
+    return {"size": "size_bytes", "macs": "macs"}.get(cfg.minimize, f"latency_b{cfg.batch}_ms")
+
+
+def write_results(out: Path, cfg, result) -> None:
+    """trials.csv (rung, label, validation change, objective, images) and recommendation.json."""
+    rows = [{"rung": rung, "label": s.label, "val_top1_change": round(s.change, 4), _objective_name(cfg): s.objective,
+             "val_images": s.images, "run_id": s.run_id} for rung, scores in result.scores.items() for s in scores]
+    write_atomic(out / TRIALS_CSV, _csv(rows))
+    summary = {"question": cfg.model_dump(mode="json"), "objective": _objective_name(cfg), "trials": result.trials,
+               "seconds": round(result.seconds, 1), "pick": asdict(result.pick) if result.pick else None,
+               "closest": asdict(result.closest) if result.closest else None,
+               "float": asdict(result.float_score) if result.float_score else None, "test": result.test,
+               "best_single": asdict(single) if (single := best_single(cfg, result)) else None,
+               "deployable": str(result.deployable) if result.deployable else None, "load": result.snippet,
+               "selection": "every choice on the validation split; the test split read once per finalist, at the end"}
+    write_atomic(out / RECOMMENDATION_JSON, json.dumps(summary, indent=1).encode())
+
+
+def best_single(cfg, result):
+    """The fastest single method (one step as it comes) within the budget on the whole validation split."""
+    from slimlab.explore.halving import pick
+
+    return pick([s for s in result.scores.get("rung1", []) if s.single], cfg)
+
+
+def format_result(cfg, result) -> str:
+    """The answer for people: the pick against float (validation change, objective ratio, test figures), the load line."""
+    unit = {"size": "bytes", "macs": "MACs"}.get(cfg.minimize, "ms")
+    if result.pick is None and not result.scores:
+        return ("slimlab explore: the time budget ended the search after the sensitivity stage; the same command with a "
+                "larger --time-budget goes on from there")
+    if result.pick is None:
+        near = result.closest
+        return ("slimlab explore: no configuration keeps validation top-1 within {:g} points of float; the closest is "
+                "'{}' ({:+.2f} points)".format(cfg.max_drop, near.label, near.change) if near else
+                "slimlab explore: no candidate finished; see the failed runs with `slimlab runs`")
+    pick, base = result.pick, result.float_score
+    ratio = f", {base.objective / pick.objective:.2f}x better than float ({base.objective:.4g} {unit})" if base and pick.objective else ""
+    lines = [f"Recommended: {pick.label} (run {pick.run_id[:8]}): {cfg.minimize} {pick.objective:.4g} {unit}{ratio}; "
+             f"validation top-1 change {pick.change:+.2f} points on {pick.images} images"]
+    single = best_single(cfg, result)
+    if single is not None and single.label != pick.label and pick.objective:
+        lines.append(f"Best single method within the budget: {single.label}, {single.objective:.4g} {unit} "
+                     f"({single.objective / pick.objective:.2f}x the pick's)")
+    if pick.label in result.test:
+        test = result.test[pick.label]["test_top1"]
+        ref = result.test.get("float", {}).get("test_top1")
+        lines.append(f"Test split (read once, after the choice): top-1 {test:.2f}%" + (f", float {ref:.2f}%" if ref is not None else ""))
+    lines.append(f"{result.trials} trials in {result.seconds:.0f} s. Deployable: {result.deployable}")
+    lines.append(f"Load: {result.snippet}")
+    return "\n".join(lines)

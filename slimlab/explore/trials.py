@@ -1,0 +1,74 @@
+"""Trials as ordinary run configs on the held-out validation split, run as a study by the executors that exist."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from slimlab.config import ExperimentConfig, build_config, config_hash
+from slimlab.data import list_datasets
+from slimlab.errors import ConfigError
+from slimlab.executors import ExecOptions, execute
+from slimlab.explore.config import ExploreConfig
+from slimlab.plan import PlannedRun, Study, plan_stages
+from slimlab.store import RunRecord, Store
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One configuration to score: a label for people, its compression steps, and where it is scored."""
+
+    label: str
+    steps: tuple[dict, ...]
+    val_images: int | None  # None: the whole validation split
+    latency: bool = True
+
+
+def int8_step(engine: str, skip: list[str]) -> dict:
+    """Post-training int8 through `engine` (ONNX Runtime is a method of its own), `skip` left float."""
+    method = {"kind": "quantize", "method": "onnxruntime"} if engine == "onnxruntime" else {
+        "kind": "quantize", "method": "static", "engine": engine}
+    return {**method, **({"skip": skip} if skip else {})}
+
+
+def data_section(cfg: ExploreConfig, test_subset: int | None = None) -> dict:
+    """The run's data: the validation split of the user's dataset served as its test split (slimlab/data/heldout.py);
+    the int8 candidates calibrate on `calibration_size` further training images."""
+    inner, options, path = cfg.data, dict(cfg.data_options), None
+    if cfg.data not in list_datasets():
+        if not Path(cfg.data).expanduser().exists():
+            raise ConfigError(f"data: {cfg.data!r} is neither a registered dataset ({', '.join(list_datasets())}) nor a folder")
+        inner, path = "imagefolder", str(Path(cfg.data).expanduser().resolve())
+    section = {"name": "heldout", "val_size": cfg.calibration_size, "test_subset": test_subset,
+               "options": {"of": inner, "val_size": cfg.val_size, "options": options}}
+    return {**section, "path": path} if path else section
+
+
+def run_config(cfg: ExploreConfig, trial: Trial) -> ExperimentConfig:
+    """The experiment a trial is: the user's trained model, no training, the trial's steps, measured on validation."""
+    raw = {"name": f"explore-{cfg.name}:{trial.label}", "seed": cfg.seed, "data": data_section(cfg, trial.val_images),
+           "model": {"name": cfg.model, "weights": cfg.weights, "options": cfg.model_options},
+           "train": {"epochs": 0, "device": cfg.device},
+           "measure": {"batch_sizes": [cfg.batch], "latency": trial.latency, "energy": False},
+           "steps": [dict(s) for s in trial.steps]}
+    return build_config(raw, f"explore trial {trial.label}")
+
+
+def trial_study(cfg: ExploreConfig, stage: str, trials: list[Trial]) -> Study:
+    """A stage's trials as a study the plan and the executors take as they take a study file's."""
+    name = f"explore-{cfg.name}-{stage}"
+    runs = [PlannedRun(t.label, "default", {"trial": t.label}, run_config(cfg, t)) for t in trials]
+    return Study(name, f"slimlab explore ({stage})", runs, ["trial"], {})
+
+
+def run_stage(cfg: ExploreConfig, stage: str, trials: list[Trial], store: Store, executor: str,
+              options: ExecOptions) -> dict[str, RunRecord | None]:
+    """Execute the trials not yet done (a killed explore resumes here) and return each label's record."""
+    study = trial_study(cfg, stage, trials)
+    plan = plan_stages(study)
+    if plan.runs:
+        execute(plan, store, executor, options)
+    return {planned.label: store.get(config_hash(planned.config)) for planned in study.runs}
+
+
+def done(record: RunRecord | None) -> bool:
+    return record is not None and record.status == "done"
