@@ -27,6 +27,13 @@ from slimlab.measure import cpu_model  # noqa: E402
 from slimlab.models.zoo import ARCHITECTURES, build_architecture  # noqa: E402
 
 
+LEGEND = ("Cells: quantization gives the logit SQNR against float (QAT: against its fake-quantized model) and int8 "
+          "layers / weighted layers; unstructured pruning the sparsity reached over the selected weights; structured "
+          "pruning (50% of the channels) the parameters and MACs left as a fraction of float, and the engine that pruned "
+          "(`structured` is `engine: auto`; `torch-pruning` is Torch-Pruning 1.6.1 alone, the same importance and "
+          "ratio). `b1 xR`: batch-1 latency over float's, with --latency only.")
+
+
 def figure(cell: suite.Cell) -> str:
     """One cell as markdown text."""
     if cell.status != "pass":
@@ -74,7 +81,7 @@ def render(rows: list, methods: list[str], args: argparse.Namespace, seconds: fl
              "torchvision and what the test size changes); weights random, batch norms set from data. How each cell is "
              "checked: slimlab/suite.py; the same checks run in CI (tests/test_architectures.py).", "",
              f"**{passed} of {len(cells)} cells pass** ({100 * passed / len(cells):.1f}%); the others refuse in one line "
-             "or fail, as written in the cell.", "",
+             "or fail, as written in the cell.", "", LEGEND, "",
              "| model | family | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for name, cs in rows:
         lines.append(f"| {name} | {ARCHITECTURES[name].family} | " + " | ".join(figure(c) for c in cs) + " |")
