@@ -190,10 +190,13 @@ def quantize_onnxruntime(model: nn.Module, config: StaticConfig, calibration_bat
         prepared, output = Path(folder) / "prepared.onnx", Path(folder) / "quantized.onnx"
         # ORT's recommended pre-pass: shape inference and graph clean-up (shared constants the exporter routes through
         # Identity nodes would otherwise keep their convolutions' biases float and block the integer kernels).
-        try:
-            quant_pre_process(float_model, prepared)
-        except Exception:  # noqa: BLE001  ORT's symbolic shape inference gives up on attention reshapes; ONNX's own does not
-            quant_pre_process(float_model, prepared, skip_symbolic_shape=True)
+        # ORT's symbolic shape inference gives up on attention reshapes (ViT, Swin); ONNX's own does not. Where it gives
+        # up it dumps the model into the working folder, so it runs inside the temporary folder (a chdir for the call).
+        with contextlib.chdir(folder):
+            try:
+                quant_pre_process(float_model, prepared)
+            except Exception:  # noqa: BLE001  (it raises a bare Exception)
+                quant_pre_process(float_model, prepared, skip_symbolic_shape=True)
         with contextlib.redirect_stdout(io.StringIO()):  # the entropy calibrator prints progress
             quantize_static(prepared, output, Batches(), quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
