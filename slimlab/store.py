@@ -209,9 +209,7 @@ class Store:
         except ImportError:
             yield
             return
-        path = self.root / "locks" / f"{name}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as handle:
+        with open(self._lock_path(name), "a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -319,6 +317,11 @@ class Store:
             finally:
                 beat_path.unlink(missing_ok=True)
 
+    def _lock_path(self, name: str) -> Path:
+        path = self.root / "locks" / f"{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
     @contextlib.contextmanager
     def _try_lock(self, name: str):
         """An flock on locks/NAME.lock without waiting: yields whether it is held (True where flock is missing)."""
@@ -327,9 +330,7 @@ class Store:
         except ImportError:
             yield True
             return
-        path = self.root / "locks" / f"{name}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as handle:
+        with open(self._lock_path(name), "a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

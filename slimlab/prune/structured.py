@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from slimlab.errors import ConfigError, SlimlabError
+from slimlab.measure import count_parameters
 from slimlab.prune.channel_groups import ChannelGroup, find_channel_groups
 from slimlab.prune.methods import PruneContext, get_method
 from slimlab.prune.selection import LayerFilter, select_layers
@@ -28,7 +29,7 @@ class PrunedGroup:
 Engine = Literal["auto", "slimlab", "torch_pruning"]
 ENGINES = ("auto", "slimlab", "torch_pruning")
 # auto keeps the own tracer (exact global ranking, residual groups) unless Torch-Pruning leaves at least this fraction
-# of the model's parameters fewer: on the architecture suite it wins by 17-40 points where it covers concatenations,
+# of the model's parameters fewer: on the architecture suite it wins by 15-37 points where it covers concatenations,
 # grouped convolutions and LayerNorm (docs/coverage.md), and ties elsewhere.
 AUTO_MARGIN = 0.05
 
@@ -67,12 +68,12 @@ def prune_structured_(model: nn.Module, amount: float, example_inputs: torch.Ten
     for name, prune in run.items():
         candidate = copy.deepcopy(model)
         try:
-            tried[name] = (prune(candidate), candidate, count_params(candidate))
+            tried[name] = (prune(candidate), candidate, count_parameters(candidate)["params"])
         except SlimlabError as exc:
             refusals.append(f"{name}: {exc}")
     if not tried:
         raise SlimlabError(f"no structured engine could prune {type(model).__name__}: " + "; ".join(refusals))
-    total = count_params(model)
+    total = count_parameters(model)["params"]
     own = tried.get("slimlab")
     best = "slimlab" if own and ("torch_pruning" not in tried or
                                  (own[2] - tried["torch_pruning"][2]) / total < AUTO_MARGIN) else "torch_pruning"
@@ -90,11 +91,6 @@ def _reason_kind(why: str) -> str:
         if marker in why:
             return kind
     return "unsupported op: " + why.split(" (")[0][:80]
-
-
-def count_params(model: nn.Module) -> int:
-    """Number of parameter elements."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def _check_arguments(amount: float, scope: str, round_to: int, engine: str) -> None:
