@@ -17,10 +17,8 @@ the project's packages (a .pth file calling site.addsitedir on the project venv'
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 

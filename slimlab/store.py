@@ -209,7 +209,8 @@ class Store:
         except ImportError:
             yield
             return
-        with open(self._lock_path(name), "a") as handle:
+        path = self._lock_path(name)
+        with open(path, "a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -330,7 +331,8 @@ class Store:
         except ImportError:
             yield True
             return
-        with open(self._lock_path(name), "a") as handle:
+        path = self._lock_path(name)
+        with open(path, "a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

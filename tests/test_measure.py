@@ -2,7 +2,6 @@
 wrap and package."""
 from __future__ import annotations
 
-import hashlib
 import io
 import subprocess
 import sys
