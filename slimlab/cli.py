@@ -130,6 +130,7 @@ def cmd_explore(args) -> int:
     out = Path(args.out or f"explore-{cfg.name}")
     result = explore(cfg, _store(args), out, args.executor, options, say=print)
     print(format_result(cfg, result))
+    print(f"Report: {out / 'report.html'}")
     return 0 if result.pick else 1
 
 
@@ -499,8 +500,8 @@ def _add_explore_command(sub) -> None:
     p.add_argument("--minimize", default=None, help="latency_b<N>, size or macs (default latency_b1)")
     p.add_argument("--time-budget", default=None, help="stop starting new stages after this long, e.g. 2h, 90m")
     p.add_argument("--name", default=None, help="names its studies in the store (default: from the model)")
-    p.add_argument("--out", default=None, help="folder for the sensitivity table, trials, recommendation and deployable file "
-                   "(default: explore-NAME)")
+    p.add_argument("--out", default=None, help="folder for the report, the sensitivity table, trials, recommendation and "
+                   "deployable file (default: explore-NAME)")
     p.add_argument("--executor", default="local", help="local (default), slurm or inline")
     p.add_argument("-j", "--jobs", type=_at_least(1), default=1, help="local: worker processes")
     p.add_argument("--retries", type=_at_least(0), default=0, help="retry transient failures up to N times")

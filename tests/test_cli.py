@@ -78,6 +78,7 @@ def test_version_and_which_datasets_are_here(tmp_path):
     listed = json.loads(_cli("datasets", "--json", env={"SLIMLAB_DATA": str(tmp_path)}).stdout)
     assert listed["mnist"]["here"] == "present" and listed["mnist"]["path"] == str(tmp_path / "mnist" / "train-images-idx3-ubyte.gz")
     assert listed["synthetic"]["here"] == "generated" and listed["imagefolder"]["here"] == "data.path"
+    assert listed["heldout"]["here"] == "view"  # a view of the dataset named in its options: no path of its own
     assert listed["cifar100"]["here"] in ("present", "missing")
 
 

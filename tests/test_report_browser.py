@@ -83,11 +83,8 @@ DRAWN = """JSON.stringify(Array.from(document.querySelectorAll('.plotly-graph-di
   marks: d.querySelectorAll('.scatterlayer .point, .scatterlayer .js-line, .bars .point, .parcoords .y-axis').length})))"""
 
 
-@pytest.fixture(scope="module")
-def opened(tmp_path_factory):
-    """The real study's report loaded in Chromium: the browser's events and what each figure drew."""
-    out = tmp_path_factory.mktemp("browser")
-    page = write_report(real_study_store(), None, out / "report")
+def open_in_browser(page: Path, out: Path) -> dict:
+    """Load `page` in Chromium: the browser's events, what each figure drew, a full-page screenshot."""
     try:
         browser = DevTools(out / "profile")
         target = browser.send("Target.createTarget", url="about:blank")["targetId"]
@@ -108,11 +105,22 @@ def opened(tmp_path_factory):
     return {"page": page, "events": browser.events, "drawn": {d["id"]: d for d in drawn}, "screenshot": out / "screenshot.png"}
 
 
+def problems(events: list[dict]) -> list[dict]:
+    """Console errors, exceptions and error log entries."""
+    return [e["params"] for e in events if e.get("method") == "Runtime.exceptionThrown"
+            or (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert"))
+            or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
+
+
+@pytest.fixture(scope="module")
+def opened(tmp_path_factory):
+    """The real study's report loaded in Chromium: the browser's events and what each figure drew."""
+    out = tmp_path_factory.mktemp("browser")
+    return open_in_browser(write_report(real_study_store(), None, out / "report"), out)
+
+
 def test_page_loads_with_no_console_error_and_no_request_beyond_itself(opened):
-    errors = [e["params"] for e in opened["events"] if e.get("method") == "Runtime.exceptionThrown"
-              or (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert"))
-              or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
-    assert errors == []
+    assert problems(opened["events"]) == []
     requests = [e["params"]["request"]["url"] for e in opened["events"] if e.get("method") == "Network.requestWillBeSent"]
     assert requests == [opened["page"].as_uri()]
 
@@ -128,3 +136,19 @@ def test_every_figure_is_drawn_with_its_data_points(opened):
 def test_screenshot_is_saved(opened):
     data = opened["screenshot"].read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000
+
+
+def test_the_explore_page_draws_its_front_with_no_error_and_no_request(tmp_path):
+    from test_explore import _config, _trained_weights
+    from slimlab.explore import explore
+    from slimlab.store import Store
+
+    cfg = _config(_trained_weights(tmp_path / "tiny.pt"))
+    result = explore(cfg, Store(tmp_path / "store"), tmp_path / "out", "inline", say=lambda _: None)
+    opened = open_in_browser(tmp_path / "out" / "report.html", tmp_path)
+    assert problems(opened["events"]) == []
+    requests = [e["params"]["request"]["url"] for e in opened["events"] if e.get("method") == "Network.requestWillBeSent"]
+    assert requests == [opened["page"].as_uri()]
+    front = opened["drawn"]["front"]
+    assert front["points"] == len(result.final()) + len(result.scores["rung0"]) - len(result.scores.get("rung1", [])) + 1
+    assert front["marks"] > 0

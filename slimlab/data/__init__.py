@@ -84,11 +84,12 @@ def register_dataset(name: str, description: str = "", options: tuple[str, ...] 
 
 
 def dataset_presence(name: str, roots: tuple[Path, ...]) -> tuple[str, Path | None]:
-    """(`present`, where) or (`missing`, None), or why the question does not apply (generated data, your own path)."""
+    """(`present`, where) or (`missing`, None), or why the question does not apply (generated data, a view of another
+    dataset, your own path)."""
     _load_builtin()
     files = _FILES.get(name)
     if files is None:
-        return ("generated" if name == "synthetic" else "data.path"), None
+        return {"synthetic": "generated", "heldout": "view"}.get(name, "data.path"), None
     for root in roots:
         for relative in files:
             if (Path(root).expanduser() / relative).exists():

@@ -1,5 +1,5 @@
-"""Candidates from the sensitivity evidence: engines, int8 with the k most sensitive layers float, channel ratios
-allotted by sensitivity, prune-then-quantize; and fine-tuned versions of those that miss the budget."""
+"""Candidates: the engines as they come; then, from the sensitivity evidence, int8 with the k most sensitive layers
+float, channel ratios allotted by sensitivity, prune-then-quantize; and fine-tuned versions of those that miss."""
 from __future__ import annotations
 
 from slimlab.explore.config import ExploreConfig
@@ -28,12 +28,15 @@ def allotted_channels(cfg: ExploreConfig, rows: list[dict]) -> list[tuple[str, d
     return allotted
 
 
+def engine_trials(cfg: ExploreConfig) -> list[Trial]:
+    """The first answer: float (the reference) and int8 through each engine, on the whole validation split. A few
+    trials, so halving would save nothing; what they find is the bar the evidence's candidates must beat."""
+    return [Trial(FLOAT, (), None)] + [Trial(f"int8 {engine}", (int8_step(engine, []),), None) for engine in cfg.engines]
+
+
 def first_rung(cfg: ExploreConfig, rows: list[dict]) -> list[Trial]:
     """Every candidate the evidence suggests, scored on the validation slice with its objective measured."""
-    slice_ = cfg.slice_size
-    trials = [Trial(FLOAT, (), slice_)]
-    for engine in cfg.engines:
-        trials.append(Trial(f"int8 {engine}", (int8_step(engine, []),), slice_))
+    slice_, trials = cfg.slice_size, []
     by_int8 = ranked(rows, int8_harm)
     engine = cfg.engines[0]
     for k in sorted(set(cfg.float_layers)):

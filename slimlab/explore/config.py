@@ -47,6 +47,8 @@ class ExploreConfig(BaseModel):
     float_layers: list[int] = Field(default_factory=lambda: [1, 2, 4], description="k: mixed precision with the k most sensitive layers float")
     unstructured_ladder: list[float] = Field(default_factory=lambda: [0.5, 0.8], description="sensitivity: sparsities per layer")
     channel_ladder: list[float] = Field(default_factory=lambda: [0.25, 0.5], description="sensitivity and candidates: channel ratios")
+    min_gain: float = Field(0.05, ge=0, lt=1, description="a candidate from the evidence goes on to the whole validation "
+                            "split only if its objective on the slice is this fraction below the best answer so far")
     finetune_epochs: int = Field(0, ge=0, description="epochs of fine-tuning (QAT, retraining after pruning) for the fastest "
                                  "candidates that miss the budget; 0: none")
     device: str = Field("cpu", description="where trials run and are timed")

@@ -1,4 +1,5 @@
-"""The explore folder: the sensitivity table (CSV, JSON), every trial's score (CSV), the recommendation (JSON, text)."""
+"""The explore folder: the sensitivity table (CSV, JSON), every trial's score (CSV), the recommendation (JSON, text,
+HTML page)."""
 from __future__ import annotations
 
 import csv
@@ -32,34 +33,66 @@ def _objective_name(cfg) -> str:
     return {"size": "size_bytes", "macs": "macs"}.get(cfg.minimize, f"latency_b{cfg.batch}_ms")
 
 
-def write_results(out: Path, cfg, result) -> None:
-    """trials.csv (rung, label, validation change, objective, images) and recommendation.json."""
-    rows = [{"rung": rung, "label": s.label, "val_top1_change": round(s.change, 4), _objective_name(cfg): s.objective,
-             "val_images": s.images, "run_id": s.run_id} for rung, scores in result.scores.items() for s in scores]
-    write_atomic(out / TRIALS_CSV, _csv(rows))
+def trial_rows(cfg, result) -> list[dict]:
+    """Every scored trial: its stage, when the stage finished (seconds into this invocation), label, validation
+    change, objective, images, run id."""
+    return [{"stage": stage, "stage_finished_s": result.finished.get(stage), "label": s.label,
+             "val_top1_change": round(s.change, 4), _objective_name(cfg): s.objective, "val_images": s.images,
+             "run_id": s.run_id} for stage, scores in result.scores.items() for s in scores]
+
+
+def lower_bound(score) -> float:
+    """The validation change less its two standard errors (halving.slack): one seed, one split, so the noise of the
+    split is the replicate spread there is."""
+    from slimlab.explore.halving import slack
+
+    return round(score.change - slack(score.change, score.images), 4)
+
+
+def runners_up(cfg, result, n: int = 3) -> list[str]:
+    """Why the pick beat the nearest others on the whole validation split: faster ones lost too much, the rest are slower."""
+    pick, lines = result.pick, []
+    others = sorted((s for s in result.final() if s.label != pick.label), key=lambda s: abs(s.objective - pick.objective))
+    for s in others[:n]:
+        if s.objective < pick.objective:
+            lines.append(f"{s.label}: {pick.objective / s.objective:.2f}x faster but {s.change:+.2f} points, over the {cfg.max_drop:g}-point budget")
+        else:
+            lines.append(f"{s.label}: {s.change:+.2f} points but {s.objective / pick.objective:.2f}x the pick's {cfg.minimize}")
+    return lines
+
+
+def write_results(out: Path, cfg, result, store=None) -> None:
+    """trials.csv, recommendation.json and report.html (the answer first, then the evidence)."""
+    from slimlab.explore.page import write_page
+
+    write_atomic(out / TRIALS_CSV, _csv(trial_rows(cfg, result)))
+    pick = result.pick
     summary = {"question": cfg.model_dump(mode="json"), "objective": _objective_name(cfg), "trials": result.trials,
-               "seconds": round(result.seconds, 1), "pick": asdict(result.pick) if result.pick else None,
+               "seconds": round(result.seconds, 1), "stages_finished_s": result.finished, "stopped": result.stopped,
+               "pick": asdict(pick) if pick else None, "pick_val_change_lower_bound": lower_bound(pick) if pick else None,
+               "runners_up": runners_up(cfg, result) if pick else [],
                "closest": asdict(result.closest) if result.closest else None,
                "float": asdict(result.float_score) if result.float_score else None, "test": result.test,
                "best_single": asdict(single) if (single := best_single(cfg, result)) else None,
                "deployable": str(result.deployable) if result.deployable else None, "load": result.snippet,
                "selection": "every choice on the validation split; the test split read once per finalist, at the end"}
     write_atomic(out / RECOMMENDATION_JSON, json.dumps(summary, indent=1).encode())
+    write_page(out, cfg, result, summary, store)
 
 
 def best_single(cfg, result):
     """The fastest single method (one step as it comes) within the budget on the whole validation split."""
     from slimlab.explore.halving import pick
 
-    return pick([s for s in result.scores.get("rung1", []) if s.single], cfg)
+    return pick([s for s in result.final() if s.single], cfg)
 
 
 def format_result(cfg, result) -> str:
     """The answer for people: the pick against float (validation change, objective ratio, test figures), the load line."""
     unit = {"size": "bytes", "macs": "MACs"}.get(cfg.minimize, "ms")
-    if result.pick is None and not result.scores:
-        return ("slimlab explore: the time budget ended the search after the sensitivity stage; the same command with a "
-                "larger --time-budget goes on from there")
+    if result.pick is None and not result.final():
+        return (f"slimlab explore: {result.stopped or 'no candidate finished'}; the same command with a larger "
+                "--time-budget goes on from there")
     if result.pick is None:
         near = result.closest
         return ("slimlab explore: no configuration keeps validation top-1 within {:g} points of float; the closest is "
@@ -68,7 +101,7 @@ def format_result(cfg, result) -> str:
     pick, base = result.pick, result.float_score
     ratio = f", {base.objective / pick.objective:.2f}x better than float ({base.objective:.4g} {unit})" if base and pick.objective else ""
     lines = [f"Recommended: {pick.label} (run {pick.run_id[:8]}): {cfg.minimize} {pick.objective:.4g} {unit}{ratio}; "
-             f"validation top-1 change {pick.change:+.2f} points on {pick.images} images"]
+             f"validation top-1 change {pick.change:+.2f} points on {pick.images} images (lower bound {lower_bound(pick):+.2f})"]
     single = best_single(cfg, result)
     if single is not None and single.label != pick.label and pick.objective:
         lines.append(f"Best single method within the budget: {single.label}, {single.objective:.4g} {unit} "
@@ -77,6 +110,7 @@ def format_result(cfg, result) -> str:
         test = result.test[pick.label]["test_top1"]
         ref = result.test.get("float", {}).get("test_top1")
         lines.append(f"Test split (read once, after the choice): top-1 {test:.2f}%" + (f", float {ref:.2f}%" if ref is not None else ""))
-    lines.append(f"{result.trials} trials in {result.seconds:.0f} s. Deployable: {result.deployable}")
+    ended = f"; stopped: {result.stopped}" if result.stopped else ""
+    lines.append(f"{result.trials} trials in {result.seconds:.0f} s{ended}. Deployable: {result.deployable}")
     lines.append(f"Load: {result.snippet}")
     return "\n".join(lines)

@@ -1,4 +1,6 @@
-"""The explore pipeline: sensitivity, candidates, successive halving, the pick on validation, the finalists on test."""
+"""The explore pipeline: a first answer from the engines, then sensitivity, candidates from it, successive halving,
+the pick on validation, the finalists on test. Each stage may be the last: the time budget and a front that stopped
+improving end the search with the best answer so far."""
 from __future__ import annotations
 
 import time
@@ -13,14 +15,18 @@ from slimlab.explore.finalists import read_test_split, write_deployable
 from slimlab.explore.trials import Trial, run_config, run_stage
 from slimlab.store import Store
 
+FINAL_RUNGS = ("engines", "rung1", "finetune")  # scored on the whole validation split: where the pick comes from
+
 
 @dataclass
 class Explored:
     """What explore found: the sensitivity table, every trial's validation score, the pick (or the closest miss)."""
 
     layers: list[str]
-    table: list[dict]
-    scores: dict[str, list[halving.Score]] = field(default_factory=dict)  # rung -> scores
+    table: list[dict] = field(default_factory=list)
+    scores: dict[str, list[halving.Score]] = field(default_factory=dict)  # stage -> scores
+    finished: dict[str, float] = field(default_factory=dict)  # stage -> seconds since this invocation started
+    stopped: str = ""  # why the search ended before its last stage, if it did
     pick: halving.Score | None = None
     closest: halving.Score | None = None
     float_score: halving.Score | None = None
@@ -29,6 +35,10 @@ class Explored:
     snippet: str = ""
     trials: int = 0
     seconds: float = 0.0
+
+    def final(self) -> list[halving.Score]:
+        """The compressed candidates scored on the whole validation split."""
+        return [s for rung in FINAL_RUNGS for s in self.scores.get(rung, []) if s.label != candidates.FLOAT]
 
 
 def model_layers(cfg: ExploreConfig) -> tuple[list[str], str]:
@@ -44,63 +54,110 @@ def model_layers(cfg: ExploreConfig) -> tuple[list[str], str]:
     return sensitivity.weighted_layers(model), f"pixels/255 minus mean {list(mean)} over std {list(std)}"
 
 
-def _scores(trials: list[Trial], records: dict, cfg: ExploreConfig) -> list[halving.Score]:
-    return [s for t in trials if (s := halving.score(t.label, records.get(t.label), cfg)) is not None]
+class Stages:
+    """Runs the stages of one explore through the executors, keeping the scores, the clock and the trial count."""
+
+    def __init__(self, cfg: ExploreConfig, store: Store, executor: str, options: ExecOptions, result: Explored):
+        self.cfg, self.store, self.executor, self.options, self.result = cfg, store, executor, options, result
+        self.started = time.monotonic()
+
+    def out_of_time(self) -> bool:
+        return self.cfg.time_budget is not None and time.monotonic() - self.started > self.cfg.time_budget
+
+    def run(self, stage: str, trials: list[Trial]) -> dict:
+        records = run_stage(self.cfg, stage, trials, self.store, self.executor, self.options)
+        self.result.trials += len(trials)
+        self.result.finished[stage] = round(time.monotonic() - self.started, 1)
+        return records
+
+    def scored(self, stage: str, trials: list[Trial]) -> list[halving.Score]:
+        records = self.run(stage, trials)
+        self.result.scores[stage] = [s for t in trials if (s := halving.score(t.label, records.get(t.label), self.cfg))]
+        return self.result.scores[stage]
 
 
-def run_sensitivity(cfg: ExploreConfig, layers: list[str], store: Store, executor: str, options: ExecOptions) -> list[dict]:
-    """Every (layer, setting) trial, then the table."""
-    trials = sensitivity.sensitivity_trials(cfg, layers)
-    records = run_stage(cfg, "sensitivity", list(trials.values()), store, executor, options)
-    return sensitivity.sensitivity_table(cfg, layers, {key: records[t.label] for key, t in trials.items()})
+def run_sensitivity(stages: Stages, layers: list[str]) -> list[dict] | None:
+    """Every (layer, setting) trial, one setting per stage so that a spent time budget stops between them; then the
+    table (None if the budget ended it first)."""
+    cfg, trials, records = stages.cfg, sensitivity.sensitivity_trials(stages.cfg, layers), {}
+    for setting in sensitivity.settings(cfg):
+        chosen = {key: t for key, t in trials.items() if key[1] == setting}
+        ran = stages.run(f"sensitivity-{setting}", list(chosen.values()))
+        records.update({key: ran[t.label] for key, t in chosen.items()})
+        if stages.out_of_time() and setting != sensitivity.settings(cfg)[-1]:
+            return None
+    return sensitivity.sensitivity_table(cfg, layers, records)
 
 
-def run_halving(cfg: ExploreConfig, table: list[dict], store: Store, executor: str, options: ExecOptions,
-                out_of_time: Callable[[], bool]) -> dict[str, list[halving.Score]]:
-    """Rung 0 on the slice, rung 1 on the whole validation split for the promoted (and float, the reference), then
-    fine-tuned versions of the fastest that missed the budget, if asked for and time is left."""
+def run_halving(stages: Stages, table: list[dict], best: halving.Score | None) -> str:
+    """Rung 0 on the slice; rung 1 on the whole validation split for what might beat `best` (the fastest within the
+    budget so far) by `min_gain`; then fine-tuned versions of the fastest that missed the budget, if asked for.
+    Returns why it stopped early, or ''."""
+    cfg = stages.cfg
     first = candidates.first_rung(cfg, table)
-    scores = {"rung0": _scores(first, run_stage(cfg, "rung0", first, store, executor, options), cfg)}
-    promoted = set(halving.promote([s for s in scores["rung0"] if s.label != candidates.FLOAT], cfg)) | {candidates.FLOAT}
+    rung0 = stages.scored("rung0", first)
+    bar = best.objective * (1 - cfg.min_gain) if best else None
+    promoted = set(halving.promote([s for s in rung0 if bar is None or s.objective <= bar], cfg))
+    if not promoted:
+        return (f"the front stopped improving: no candidate from the sensitivity evidence came within the budget and "
+                f"{cfg.min_gain:.0%} below {best.label}'s {cfg.minimize} on the slice") if best else "no candidate kept the budget on the slice"
     second = [Trial(t.label, t.steps, None) for t in first if t.label in promoted]
-    scores["rung1"] = _scores(second, run_stage(cfg, "rung1", second, store, executor, options), cfg)
-    current = halving.pick([s for s in scores["rung1"] if s.label != candidates.FLOAT], cfg)
-    missed = [s for s in scores["rung1"] if s.label != candidates.FLOAT and s.change < -cfg.max_drop
-              and (current is None or s.objective < current.objective)]
+    stages.scored("rung1", second)
+    current = halving.pick(stages.result.final(), cfg)
+    missed = [s for s in stages.result.scores["rung1"] if s.change < -cfg.max_drop and (current is None or s.objective < current.objective)]
     tuned = [t for s in sorted(missed, key=lambda s: s.objective)[:2]
              if (t := candidates.fine_tuned(cfg, next(x for x in second if x.label == s.label)))]
-    if tuned and not out_of_time():
-        scores["finetune"] = _scores(tuned, run_stage(cfg, "finetune", tuned, store, executor, options), cfg)
-    return scores
+    if tuned and stages.out_of_time():
+        return "the time budget was spent before fine-tuning"
+    if tuned:
+        stages.scored("finetune", tuned)
+    return ""
+
+
+def search(stages: Stages, layers: list[str], say: Callable[[str], None]) -> None:
+    """Engines first (a whole answer in one stage), then, time allowing, the evidence and the candidates it suggests."""
+    cfg, result = stages.cfg, stages.result
+    stages.scored("engines", candidates.engine_trials(cfg))
+    best = halving.pick(result.final(), cfg)
+    say(f"explore {cfg.name}: first answer after {result.finished['engines']:.0f} s: "
+        + (f"{best.label} ({best.change:+.2f} points)" if best else "no engine keeps the budget"))
+    if stages.out_of_time():
+        result.stopped = "the time budget was spent after the engines stage"
+        return
+    say(f"explore {cfg.name}: {len(layers)} layers; sensitivity ({len(sensitivity.sensitivity_trials(cfg, layers))} trials)")
+    table = run_sensitivity(stages, layers)
+    if table is None:
+        result.stopped = "the time budget was spent in the sensitivity stage"
+        return
+    result.table = table
+    say(sensitivity.format_table(cfg, table))
+    if stages.out_of_time():
+        result.stopped = "the time budget was spent after the sensitivity stage"
+        return
+    result.stopped = run_halving(stages, table, best)
 
 
 def explore(cfg: ExploreConfig, store: Store, out: Path, executor: str = "local", options: ExecOptions | None = None,
             say: Callable[[str], None] = print) -> Explored:
     """Run (or resume) the whole search and write its outputs to `out`; see docs/explore.md."""
     # Latency timed alone at the end of each stage, from the saved file: no float baselines compiled in every trial.
-    started, options = time.monotonic(), replace(options or ExecOptions(progress=False), defer_latency=True)
-    out_of_time = lambda: cfg.time_budget is not None and time.monotonic() - started > cfg.time_budget  # noqa: E731
+    options = replace(options or ExecOptions(progress=False), defer_latency=True)
     layers, normalize = model_layers(cfg)
-    say(f"explore {cfg.name}: {len(layers)} layers; sensitivity ({len(sensitivity.sensitivity_trials(cfg, layers))} trials)")
-    table = run_sensitivity(cfg, layers, store, executor, options)
-    outputs.write_sensitivity(out, table)
-    say(sensitivity.format_table(cfg, table))
-    result = Explored(layers, table)
-    if out_of_time():
-        say("explore: the time budget was spent in the sensitivity stage; run again with more to go on")
-        return result
-    result.scores = run_halving(cfg, table, store, executor, options, out_of_time)
-    final = [s for rung in ("rung1", "finetune") for s in result.scores.get(rung, [])]
-    compressed = [s for s in final if s.label != candidates.FLOAT]
-    result.float_score = next((s for s in final if s.label == candidates.FLOAT), None)
-    result.pick = halving.pick(compressed, cfg)
-    result.closest = None if result.pick else halving.closest(compressed, cfg)
-    result.trials = len(sensitivity.sensitivity_trials(cfg, layers)) + sum(len(v) for v in result.scores.values())
+    result = Explored(layers)
+    stages = Stages(cfg, store, executor, options, result)
+    search(stages, layers, say)
+    if result.table:
+        outputs.write_sensitivity(out, result.table)
+    if result.stopped:
+        say(f"explore {cfg.name}: {result.stopped}")
+    result.float_score = next((s for s in result.scores.get("engines", []) if s.label == candidates.FLOAT), None)
+    result.pick = halving.pick(result.final(), cfg)
+    result.closest = None if result.pick else halving.closest(result.final(), cfg)
     if result.pick:
         for score in (result.pick, result.float_score):
             if score is not None:
                 result.test[score.label] = read_test_split(cfg, store, store.get(score.run_id))
         result.deployable, result.snippet = write_deployable(store, store.get(result.pick.run_id), out, normalize)
-    result.seconds = time.monotonic() - started
-    outputs.write_results(out, cfg, result)
+    result.seconds = time.monotonic() - stages.started
+    outputs.write_results(out, cfg, result, store)
     return result
