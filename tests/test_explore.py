@@ -277,3 +277,25 @@ def test_the_example_explore_file_is_valid():
 
     cfg = load_explore_config(Path(__file__).resolve().parents[1] / "examples" / "explore" / "resnet20.yaml", {})
     assert (cfg.model, cfg.minimize, cfg.max_drop, cfg.time_budget, cfg.engines) == ("resnet20", "latency_b1", 1.0, 7200, ["x86", "pt2e"])
+
+
+def test_fine_tuning_runs_for_the_fastest_that_missed_and_is_scored_on_the_whole_split(tmp_path, monkeypatch):
+    cfg = _config(_trained_weights(tmp_path / "tiny.pt"), max_drop=1.0, finetune_epochs=1, unstructured_ladder=[], float_layers=[])
+    real = halving.score
+
+    def harder(label, record, cfg, objective=None):  # as if the data were harder: post-training int8 on the whole split loses 5
+        found = real(label, record, cfg, objective)
+        methods = [st["method"] for st in (record.config.get("steps") or []) if st["kind"] == "quantize"] if record else []
+        if found and found.images == cfg.val_size and methods and "qat" not in methods:
+            return halving.Score(found.label, found.change - 5, found.objective, found.images, found.run_id, found.single)
+        return found
+
+    monkeypatch.setattr(halving, "score", harder)
+    store = Store(tmp_path / "store")
+    result = explore(cfg, store, tmp_path / "out", "inline", say=lambda _: None)
+    tuned = result.scores["finetune"]
+    assert tuned and all(s.label.endswith("fine-tuned 1 epoch(s)") and s.images == cfg.val_size for s in tuned)
+    for s in tuned:
+        record = store.get(s.run_id)
+        assert record.status == "done" and [st["method"] for st in record.config["steps"] if st["kind"] == "quantize"] == ["qat"]
+    assert result.pick is not None and result.pick.label in {s.label for s in tuned} | {s.label for s in result.final()}

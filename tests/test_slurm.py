@@ -296,3 +296,24 @@ def test_a_run_job_told_its_time_is_up_inside_a_pruning_round_resumes_inside_it(
     [run] = Store(store).runs()
     assert run.status == "done" and run.attempts == 3
     assert run.env["executor"].endswith("requeued 2 times (1 at the time limit, 1 preempted or its node failed)")
+
+
+def test_explore_hands_its_stages_to_slurm_and_answers_from_them(cluster_env, tmp_path):
+    import yaml
+    from test_explore import DATA, _trained_weights
+
+    spec = {"model": "tests.test_explore:tiny_net", "weights": str(_trained_weights(tmp_path / "tiny.pt")), "data": "synthetic",
+            "data_options": DATA, "val_size": 160, "calibration_size": 64, "slice_size": 64, "max_drop": 2.0,
+            "time_budget": "0s"}  # the engines stage, then the spent budget ends it: the SLURM path, not the whole search
+    (tmp_path / "explore.yaml").write_text(yaml.safe_dump(spec))
+    store, out = tmp_path / "store", tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "slimlab", "explore", str(tmp_path / "explore.yaml"), "--store", str(store),
+                           "--out", str(out), "--executor", "slurm"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    records = Store(store).runs("done")
+    assert sorted(r.config["name"].split(":", 1)[1] for r in records) == ["float", "int8 x86"]
+    assert all("slurm job" in r.env["executor"] and r.metrics.get("latency_b1_median_ms") for r in records)
+    summary = json.loads((out / "recommendation.json").read_text())
+    assert summary["pick"]["label"] == "int8 x86" and "time budget was spent after the engines stage" in summary["stopped"]
+    assert set(summary["test"]) == {"int8 x86", "float"} and (out / "recommended.pt").exists()
+    assert "Recommended: int8 x86" in done.stdout and "report.html" in done.stdout
