@@ -129,8 +129,9 @@ def cmd_explore(args) -> int:
     options = ExecOptions(jobs=args.jobs, retries=args.retries, progress=False, slurm=_slurm_flags(args))
     out = Path(args.out or f"explore-{cfg.name}")
     result = explore(cfg, _store(args), out, args.executor, options, say=print)
-    print(format_result(cfg, result))
-    print(f"Report: {out / 'report.html'}")
+    print(format_result(cfg, result))  # one line when nothing keeps the budget
+    if result.pick:
+        print(f"Report: {out / 'report.html'}")
     return 0 if result.pick else 1
 
 

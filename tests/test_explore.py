@@ -257,6 +257,9 @@ def test_the_page_opens_with_the_answer_then_the_front_and_the_sensitivity_heatm
     assert "Coverage of the finalists" in page and "layers int8" in page
     summary = json.loads((out / "recommendation.json").read_text())
     assert summary["pick_val_change_lower_bound"] < summary["pick"]["change"]
+    pick, base = summary["figures"][result.pick.label], summary["figures"]["float"]
+    assert pick["latency_ms"] == result.pick.objective and pick["weight_bytes"] < base["weight_bytes"]
+    assert f"weights {pick['weight_bytes'] / base['weight_bytes']:.2f}x float's" in format_result(cfg, result)
     assert summary["stages_finished_s"]["engines"] <= summary["stages_finished_s"]["rung0"]
 
 

@@ -73,7 +73,7 @@ def write_results(out: Path, cfg, result, store=None) -> None:
                "runners_up": runners_up(cfg, result) if pick else [],
                "closest": asdict(result.closest) if result.closest else None,
                "float": asdict(result.float_score) if result.float_score else None, "test": result.test,
-               "best_single": asdict(single) if (single := best_single(cfg, result)) else None,
+               "best_single": asdict(single) if (single := best_single(cfg, result)) else None, "figures": result.figures,
                "deployable": str(result.deployable) if result.deployable else None, "load": result.snippet,
                "selection": "every choice on the validation split; the test split read once per finalist, at the end"}
     write_atomic(out / RECOMMENDATION_JSON, json.dumps(summary, indent=1).encode())
@@ -85,6 +85,24 @@ def best_single(cfg, result):
     from slimlab.explore.halving import pick
 
     return pick([s for s in result.final() if s.single], cfg)
+
+
+FIGURES = {"latency_b{}_median_ms": "latency_ms", "model_size_bytes": "file_bytes", "weight_payload_bytes": "weight_bytes"}
+
+
+def compared_figures(cfg, result, store) -> dict:
+    """Latency at the objective's batch and size (file, weights) of the pick, float and the best single method."""
+    chosen = {s.label: s for s in (result.pick, result.float_score, best_single(cfg, result)) if s is not None}
+    return {label: {name: store.get(s.run_id).metrics.get(key.format(cfg.batch)) for key, name in FIGURES.items()}
+            for label, s in chosen.items()}
+
+
+def _against(result, label: str, other: str) -> str:
+    """'latency 0.33x, file 0.38x, weights 0.27x' of `label` against `other`: its figure over theirs, from what both
+    recorded (below 1 is better; a small model's TorchScript file can grow while its weights shrink)."""
+    mine, theirs = result.figures.get(label, {}), result.figures.get(other, {})
+    return ", ".join(f"{word} {mine[key] / theirs[key]:.2f}x" for key, word in
+                     (("latency_ms", "latency"), ("file_bytes", "file"), ("weight_bytes", "weights")) if mine.get(key) and theirs.get(key))
 
 
 def format_result(cfg, result) -> str:
@@ -102,10 +120,13 @@ def format_result(cfg, result) -> str:
     ratio = f", {base.objective / pick.objective:.2f}x better than float ({base.objective:.4g} {unit})" if base and pick.objective else ""
     lines = [f"Recommended: {pick.label} (run {pick.run_id[:8]}): {cfg.minimize} {pick.objective:.4g} {unit}{ratio}; "
              f"validation top-1 change {pick.change:+.2f} points on {pick.images} images (lower bound {lower_bound(pick):+.2f})"]
+    if base and (said := _against(result, pick.label, base.label)):
+        lines.append(f"Against float (batch {cfg.batch}): {said} float's")
     single = best_single(cfg, result)
     if single is not None and single.label != pick.label and pick.objective:
-        lines.append(f"Best single method within the budget: {single.label}, {single.objective:.4g} {unit} "
-                     f"({single.objective / pick.objective:.2f}x the pick's)")
+        lines.append(f"Best single method within the budget: {single.label}, {single.objective:.4g} {unit}; the pick's "
+                     + (_against(result, pick.label, single.label) or f"objective {pick.objective / single.objective:.2f}x")
+                     + " of it")
     if pick.label in result.test:
         test = result.test[pick.label]["test_top1"]
         ref = result.test.get("float", {}).get("test_top1")

@@ -31,6 +31,7 @@ class Explored:
     closest: halving.Score | None = None
     float_score: halving.Score | None = None
     test: dict = field(default_factory=dict)  # label -> test figures of the finalists
+    figures: dict = field(default_factory=dict)  # label -> latency and size of the pick, float and the best single method
     deployable: Path | None = None
     snippet: str = ""
     trials: int = 0
@@ -158,6 +159,7 @@ def explore(cfg: ExploreConfig, store: Store, out: Path, executor: str = "local"
             if score is not None:
                 result.test[score.label] = read_test_split(cfg, store, store.get(score.run_id))
         result.deployable, result.snippet = write_deployable(store, store.get(result.pick.run_id), out, normalize)
+        result.figures = outputs.compared_figures(cfg, result, store)
     result.seconds = time.monotonic() - stages.started
     outputs.write_results(out, cfg, result, store)
     return result
