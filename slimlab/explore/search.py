@@ -116,12 +116,14 @@ def run_halving(stages: Stages, table: list[dict], best: halving.Score | None) -
 
 
 def search(stages: Stages, layers: list[str], say: Callable[[str], None]) -> None:
-    """Engines first (a whole answer in one stage), then, time allowing, the evidence and the candidates it suggests."""
+    """The first engine first (a whole answer in one stage), then, time allowing, the evidence and the candidates it
+    suggests."""
     cfg, result = stages.cfg, stages.result
     stages.scored("engines", candidates.engine_trials(cfg))
     best = halving.pick(result.final(), cfg)
+    first = "no trial finished (slimlab runs --status failed)" if not result.final() else "nothing keeps the budget"
     say(f"explore {cfg.name}: first answer after {result.finished['engines']:.0f} s: "
-        + (f"{best.label} ({best.change:+.2f} points)" if best else "no engine keeps the budget"))
+        + (f"{best.label} ({best.change:+.2f} points)" if best else first))
     if stages.out_of_time():
         result.stopped = "the time budget was spent after the engines stage"
         return

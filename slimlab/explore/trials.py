@@ -23,11 +23,14 @@ class Trial:
     latency: bool = True
 
 
+ERROR_BATCHES = 1  # the logit error (SQNR) of a trial on one evaluation batch: a ranking of layers, not a figure to quote
+
+
 def int8_step(engine: str, skip: list[str]) -> dict:
     """Post-training int8 through `engine` (ONNX Runtime is a method of its own), `skip` left float."""
     method = {"kind": "quantize", "method": "onnxruntime"} if engine == "onnxruntime" else {
         "kind": "quantize", "method": "static", "engine": engine}
-    return {**method, **({"skip": skip} if skip else {})}
+    return {**method, "error_batches": ERROR_BATCHES, **({"skip": skip} if skip else {})}
 
 
 def data_section(cfg: ExploreConfig, test_subset: int | None = None) -> dict:
