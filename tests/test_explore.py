@@ -103,6 +103,11 @@ def test_the_test_split_is_read_once_and_only_for_the_finalists(explored):
 def test_the_deployable_file_runs_without_slimlab_and_matches_the_recorded_accuracy(explored, tmp_path):
     cfg, store, out, result = explored
     assert result.deployable.parent == out and result.deployable.exists()
+    described = json.loads((out / "recommended.json").read_text())
+    raw = json.loads((out / "recommended_raw.json").read_text())
+    assert described["file"] == "recommended.pt" and raw["file"] == "recommended_raw.pt" and (out / "recommended_raw.pt").exists()
+    assert raw["normalization"]["inside_the_file"] and not described["normalization"]["inside_the_file"]
+    assert described["normalization"]["mean"] == [0.3, 0.3, 0.3]
     from slimlab.run import prepare_data
     from slimlab.config import build_config
 

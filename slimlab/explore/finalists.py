@@ -1,6 +1,7 @@
 """The finalists: the test split read once each, the recommended deployable file and a snippet that loads it."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -61,11 +62,24 @@ def read_test_split(cfg: ExploreConfig, store: Store, record: RunRecord) -> dict
 
 
 def write_deployable(store: Store, record: RunRecord, out: Path, normalize: str) -> tuple[Path, str]:
-    """Copy the recommended run's deployable file into `out`; return it and a one-line snippet that runs it."""
+    """Copy the recommended run's deployable file into `out`, and its twin with the preprocessing inside (raw uint8
+    pixels in) with the JSON that describes each, where the run wrote them; return the file and a line that runs it."""
+    from slimlab.deployable import RAW_FILES
+
     fmt = record.notes.get("model_format", "torchscript")
-    source = next(p for p in (store.run_dir(record.id) / n for n in ("model.pt2", "model.onnx", "model.pt")) if p.exists())
+    run_dir = store.run_dir(record.id)
+    source = next(p for p in (run_dir / n for n in ("model.pt2", "model.onnx", "model.pt")) if p.exists())
     target = out / f"recommended{SUFFIXES.get(fmt, source.suffix)}"
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
+    copies = {source: target}
+    raw = run_dir / RAW_FILES.get(fmt, "none")
+    if raw.exists():
+        copies[raw] = out / f"recommended_raw{target.suffix}"
+        shutil.copyfile(raw, copies[raw])
+    for file, copy in copies.items():  # what to feed each: normalization, input size, channel order, class names
+        if file.with_suffix(".json").exists():
+            described = {**json.loads(file.with_suffix(".json").read_text()), "file": copy.name}
+            copy.with_suffix(".json").write_text(json.dumps(described, indent=1) + "\n")
     loader = LOADERS.get(fmt, "import torch; weights = torch.load('{file}')  # a state dict for your model class")
     return target, f"{loader.format(file=target.name)}  # x: float NCHW images, {normalize}"
