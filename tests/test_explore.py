@@ -307,3 +307,21 @@ def test_fine_tuning_runs_for_the_fastest_that_missed_and_is_scored_on_the_whole
         record = store.get(s.run_id)
         assert record.status == "done" and [st["method"] for st in record.config["steps"] if st["kind"] == "quantize"] == ["qat"]
     assert result.pick is not None and result.pick.label in {s.label for s in tuned} | {s.label for s in result.final()}
+
+
+def test_channel_ratios_are_allotted_layer_by_layer_from_the_sensitivity():
+    from slimlab.explore import candidates
+    from slimlab.explore.trials import run_config
+
+    cfg = ExploreConfig(model="resnet20", data="synthetic", data_options=DATA, channel_ladder=[0.25, 0.5], max_drop=1.0)
+    rows = [{"layer": "a", "channels_0.25": -0.1, "channels_0.5": -0.3},  # 0.5 costs 0.3 <= half the budget
+            {"layer": "b", "channels_0.25": -0.4, "channels_0.5": -3.0},  # only 0.25 fits
+            {"layer": "c", "channels_0.25": -2.0, "channels_0.5": -6.0},  # neither: left whole
+            {"layer": "d", "channels_0.25": None, "channels_0.5": None},  # tied (its trials failed): left whole
+            {"layer": "fc", "channels_0.25": None, "channels_0.5": None}]
+    [(label, steps)] = candidates.per_layer_channels(cfg, rows)
+    assert label == "channels by layer: 0.5 on 1, 0.25 on 1"
+    assert [(s["amount"], s["include"]) for s in steps] == [(0.5, ["a"]), (0.25, ["b"])]
+    trials = {t.label: t for t in candidates.first_rung(cfg, rows)}
+    assert trials[f"{label}, then int8 x86"].steps[-1]["kind"] == "quantize" and len(run_config(cfg, trials[label]).steps) == 2
+    assert candidates.per_layer_channels(cfg.model_copy(update={"channel_ladder": [0.5]}), rows) == []  # one ratio: uniform

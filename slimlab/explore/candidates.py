@@ -29,6 +29,21 @@ def allotted_channels(cfg: ExploreConfig, rows: list[dict]) -> list[tuple[str, d
     return allotted
 
 
+def per_layer_channels(cfg: ExploreConfig, rows: list[dict]) -> list[tuple[str, tuple[dict, ...]]]:
+    """Ratios allotted layer by layer: each layer (never the classifier) gets the largest ratio of the ladder whose
+    pruning alone cost at most half the budget; one prune step per ratio. None when that is one of the uniform ones."""
+    allotted: dict[float, list[str]] = {}
+    for row in rows[:-1]:
+        fits = [r for r in cfg.channel_ladder if (v := row.get(f"channels_{r:g}")) is not None and v >= -cfg.max_drop / 2]
+        if fits:
+            allotted.setdefault(max(fits), []).append(row["layer"])
+    if len(allotted) < 2:
+        return []
+    steps = tuple(_channels(ratio, layers) for ratio, layers in sorted(allotted.items(), reverse=True))
+    label = "channels by layer: " + ", ".join(f"{ratio:g} on {len(layers)}" for ratio, layers in sorted(allotted.items(), reverse=True))
+    return [(label, steps)]
+
+
 def engine_trials(cfg: ExploreConfig) -> list[Trial]:
     """The first answer: float (the reference) and int8 through the first engine, on the whole validation split. Two
     trials, so halving would save nothing; what they find is the bar every other candidate must beat."""
@@ -44,9 +59,10 @@ def first_rung(cfg: ExploreConfig, rows: list[dict]) -> list[Trial]:
     for k in sorted(set(cfg.float_layers)):
         if 0 < k < len(rows):
             trials.append(Trial(f"int8 {engine}, {k} most sensitive float", (int8_step(engine, by_int8[:k]),), slice_))
-    for label, step in allotted_channels(cfg, rows):
-        trials.append(Trial(label, (step,), slice_))
-        trials.append(Trial(f"{label}, then int8 {engine}", (step, int8_step(engine, [])), slice_))
+    pruned = [(label, (step,)) for label, step in allotted_channels(cfg, rows)] + per_layer_channels(cfg, rows)
+    for label, steps in pruned:
+        trials.append(Trial(label, steps, slice_))
+        trials.append(Trial(f"{label}, then int8 {engine}", (*steps, int8_step(engine, [])), slice_))
     return trials
 
 
