@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from slimlab.atomic import write_atomic
+from slimlab.explore.page import write_page
 
 SENSITIVITY_CSV, SENSITIVITY_JSON = "sensitivity.csv", "sensitivity.json"
 TRIALS_CSV, RECOMMENDATION_JSON = "trials.csv", "recommendation.json"
@@ -63,9 +64,8 @@ def runners_up(cfg, result, n: int = 3) -> list[str]:
 
 def write_results(out: Path, cfg, result, store=None) -> None:
     """trials.csv, recommendation.json and report.html (the answer first, then the evidence)."""
-    from slimlab.explore.page import write_page
-
-    write_atomic(out / TRIALS_CSV, _csv(trial_rows(cfg, result)))
+    rows = trial_rows(cfg, result)
+    write_atomic(out / TRIALS_CSV, _csv(rows))
     pick = result.pick
     summary = {"question": cfg.model_dump(mode="json"), "objective": _objective_name(cfg), "trials": result.trials,
                "seconds": round(result.seconds, 1), "stages_finished_s": result.finished, "stopped": result.stopped,
@@ -77,7 +77,7 @@ def write_results(out: Path, cfg, result, store=None) -> None:
                "deployable": str(result.deployable) if result.deployable else None, "load": result.snippet,
                "selection": "every choice on the validation split; the test split read once per finalist, at the end"}
     write_atomic(out / RECOMMENDATION_JSON, json.dumps(summary, indent=1).encode())
-    write_page(out, cfg, result, summary, store)
+    write_page(out, cfg, result, summary, format_result(cfg, result), rows, store)
 
 
 def best_single(cfg, result):

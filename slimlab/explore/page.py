@@ -14,12 +14,10 @@ PAGE = "report.html"
 HEAT = "td.h{text-align:right;font-variant-numeric:tabular-nums}"
 
 
-def _answer(cfg, result, summary: dict) -> str:
-    from slimlab.explore.outputs import format_result
-
+def _answer(answer: str, summary: dict) -> str:
     lines = "".join(f"<li>{html.escape(line)}</li>" for line in summary["runners_up"])
     why = f"<p>Why not the nearest others:</p><ul>{lines}</ul>" if lines else ""
-    return (f"<section><h2>Recommendation</h2><pre>{html.escape(format_result(cfg, result))}</pre>{why}"
+    return (f"<section><h2>Recommendation</h2><pre>{html.escape(answer)}</pre>{why}"
             f"<p class=note>Selection: {html.escape(summary['selection'])}. The lower bound is the validation change "
             f"less two standard errors of a paired change on that many images.</p></section>")
 
@@ -88,14 +86,13 @@ def _trials(rows: list[dict]) -> str:
     return f"<section><h2>Every trial</h2><div class=scroll><table><tr>{head}</tr>{body}</table></div></section>"
 
 
-def write_page(out: Path, cfg, result, summary: dict, store=None) -> Path:
-    """OUT/report.html: one file, plotly.js inlined, no network request."""
-    from slimlab.explore.outputs import trial_rows
-
+def write_page(out: Path, cfg, result, summary: dict, answer: str, trials: list[dict], store=None) -> Path:
+    """OUT/report.html: one file, plotly.js inlined, no network request. `answer` is the recommendation as the terminal
+    prints it, `trials` the rows of trials.csv."""
     front = figure_div(front_chart(cfg, result)) if result.final() else "<p>No candidate was scored on the whole validation split.</p>"
-    body = [f"<h1>slimlab explore: {html.escape(cfg.name)}</h1>", _answer(cfg, result, summary),
+    body = [f"<h1>slimlab explore: {html.escape(cfg.name)}</h1>", _answer(answer, summary),
             f"<section><h2>The front</h2>{front}</section>", heatmap(result.table), _coverage(result, store),
-            _trials(trial_rows(cfg, result))]
+            _trials(trials)]
     page = (f"<!DOCTYPE html><html><head><meta charset=utf-8><title>slimlab explore: {html.escape(cfg.name)}</title>"
             f"<style>{STYLE}{HEAT}</style><script>{plotly_js()}</script></head><body>{''.join(body)}</body></html>\n")
     write_atomic(out / PAGE, page.encode())
