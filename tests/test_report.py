@@ -136,7 +136,7 @@ def test_pareto_figure_marks_the_front_of_the_study(hand_store):
     front, dominated = chart.series[0], chart.series[1]
     # size 0.2 @ 68.95, 0.25 @ 71.0, 0.3 @ 70.6 (dominated by 0.25), 0.9 @ 60 and 1.0 @ 71.0 (dominated)
     assert front.labels == ["pruned", "waiting"]
-    assert sorted(dominated.hover) == ["float", "int8", "noisy"]
+    assert sorted(dominated.hover) == ["float · n=2", "int8 · n=2", "noisy · n=1"]  # how many runs each mean holds
     assert "Top-1 accuracy on synthetic test set (%)" == chart.y_title and "device: cpu" in chart.subtitle
 
 
@@ -150,7 +150,9 @@ def test_recommend_honours_budget_replicates_and_pending_latency(hand_store):
     assert why["pruned"] == "top-1 change -4.81 points (mean - std)" and why["waiting"] == "latency pending"
     assert why["broken"] == "1 of 1 runs failed (error)" and why["later"] == "pending"
     text = format_recommendation(rec, "hand")
-    assert "Recommended: int8 (run q0, 2 replicate(s))" in text and "float parent" in text and "runner-up: float" in text
+    assert "Recommended: int8 (run q0, 2 replicate(s))" in text and "runner-up: float (n=2)" in text
+    # the parent of each replicate, averaged like the pick (it showed seed 0 alone, 70.00, beside a mean over two)
+    assert re.search(r"Top-1 accuracy \(%\) +70.60 ± 1.56 +71.00 ± 1.41", text) and "float parent (n=2)" in text
     assert recommend(study.runs, max_drop=0.5, minimize="size").best.group == "waiting"  # 0.25 MB, +1 point
     assert recommend(study.runs, max_drop=5.0, minimize="size").best.group == "pruned"  # -2.05 - 2.76 = -4.81 is within 5
 
@@ -292,3 +294,44 @@ def test_recommend_never_ranks_a_gpu_latency_against_a_cpu_one(tmp_path):
     assert rec.best.group == "int8" and [c.group for c in rec.ranked] == ["int8", "pruned", "float"]
     assert dict(rec.rejected)["gpu"] == "latency timed on cuda; the ranking compares latencies timed on cpu"
     assert recommend(load_study(store.root, "dev").runs, max_drop=1.0, minimize="size").best is not None  # sizes compare anywhere
+
+
+def test_every_aggregate_says_how_many_runs_it_averages_and_how_many_failed(tmp_path):
+    """Issue 26: a configuration of 3 seeds, one failed, was drawn and tabled as the mean of the 2 left, unsaid."""
+    from slimlab.report import figures
+    from slimlab.report.metrics import METRICS
+    from slimlab.report.tables import seed_table
+
+    def pruned(top1, float_top1):
+        return {**_m(top1, float_top1, 0.2, 1.0), "prune_sparsity": 0.5}
+    store = Store(tmp_path / "store")
+    runs = [_add(store, "f0", "float", 0, _m(70.0, None, 1.0, 3.0)), _add(store, "f1", "float", 1, _m(72.0, None, 1.0, 3.2)),
+            _add(store, "q0", "int8", 0, _m(69.8, 70.0, 0.3, 2.0), steps=QUANT),
+            _add(store, "q1", "int8", 1, _m(71.8, 72.0, 0.3, 2.2), steps=QUANT), _add(store, "q2", "int8", 2, None, steps=QUANT),
+            _add(store, "p0", "pruned", 0, pruned(69.0, 70.0), steps=[PRUNE]),
+            _add(store, "p1", "pruned", 1, pruned(71.0, 72.0), steps=[PRUNE]), _add(store, "p2", "pruned", 2, None, steps=[PRUNE])]
+    (store.root / "studies").mkdir()
+    (store.root / "studies" / "n.json").write_text(json.dumps({"name": "n", "source": "n.yaml", "updated": 0.0, "axes": ["seed"], "runs": runs}))
+    study = load_study(store.root, "n")
+
+    size = figures.pareto_chart("pareto_size", study, METRICS["size"], "size", [])
+    hover = [h for s in size.series for h in s.hover]
+    assert "int8 · n=2, 1 failed" in hover and "pruned · n=2, 1 failed" in hover and "float · n=2" in hover
+    assert "int8 (n=2, 1 failed)" in size.series[0].labels  # on the front, the label says it too (the PNG has no hover)
+    assert "Fewer runs than planned in the mean: int8 (n=2 of 3, 1 failed); pruned (n=2 of 3, 1 failed)." in size.note
+    latency = figures.latency_charts(study, [])[0]
+    assert "int8 · n=2, 1 failed" in [h for s in latency.series for h in s.hover] and "int8 (n=2 of 3, 1 failed)" in latency.note
+    sparsity = figures.sparsity_chart(study, [])
+    assert sparsity.series[0].hover == ["pruned · n=2, 1 failed"] and "pruned (n=2 of 3, 1 failed)" in sparsity.note
+    assert "2 run(s) not done (2 failed) are not drawn" in figures.parallel_figure(study).note
+
+    rows = {row[0]: dict(zip(comparison_table(study).headers, row)) for row in comparison_table(study).rows}
+    assert rows["Top-1 accuracy (%)"]["int8"] == "70.80 ± 1.41 (n=2, 1 failed)"
+    assert rows["Inference time, batch 1, median (ms)"]["int8"] == "2.10 ± 0.141 (n=2, 1 failed)"
+    assert rows["Top-1 accuracy (%)"]["float"] == "71.00 ± 1.41 (n=2)"
+    assert seed_table(study).splitlines()[-1] == "Not shown: 2 failed (int8/seed=2: error, pruned/seed=2: error)"
+
+    text = format_recommendation(recommend(study.runs, max_drop=1.0, minimize="size"), "n")
+    assert "pruned (2 of 3 runs failed" not in text and "int8 (1 of 3 runs failed (error))" in text
+    alone = format_recommendation(recommend([r for r in study.runs if r.variant == "float"], max_drop=1.0), "n")
+    assert "recommended (n=2)" in alone and "float parent (" not in alone  # the float configuration is its own parent

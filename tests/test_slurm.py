@@ -1,5 +1,6 @@
 """The slurm executor on a real single-node cluster: trainings before runs, arrays split at MaxArraySize, a job
 cancelled mid-way resumed by running the study again, and compute nodes that never write SQLite."""
+import itertools
 import json
 import os
 import sqlite3
@@ -317,3 +318,21 @@ def test_explore_hands_its_stages_to_slurm_and_answers_from_them(cluster_env, tm
     assert summary["pick"]["label"] == "int8 x86" and "time budget was spent after the engines stage" in summary["stopped"]
     assert set(summary["test"]) == {"int8 x86", "float"} and (out / "recommended.pt").exists()
     assert "Recommended: int8 x86" in done.stdout and "report.html" in done.stdout
+
+
+def test_a_long_wait_polls_the_controller_less_often_and_learns_of_the_end_soon(monkeypatch):
+    """A 10-hour study asked squeue every 2 s (18,000 calls); the interval now grows with the wait, to 30 s at most."""
+    from slimlab.executors import slurm
+
+    clock, polls, end = [0.0], [], 10 * 3600.0
+    def job_table(ids):
+        polls.append(clock[0])
+        return {"1": {0: "RUNNING" if clock[0] < end else "COMPLETED"}}
+    monkeypatch.setattr(slurm, "job_table", job_table)
+    monkeypatch.setattr(slurm, "final_statuses", lambda plan, store: {})
+    monkeypatch.setattr(slurm.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(slurm.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    assert slurm.wait_for([{"id": "1"}], None, None, False) == {"1": {0: "COMPLETED"}}
+    gaps = [b - a for a, b in itertools.pairwise(polls)]
+    assert gaps[:10] == [2.0] * 10 and max(gaps) == pytest.approx(30.0)  # short studies as before: every 2 s
+    assert len(polls) < 1300 and polls[-1] - end <= 30.0

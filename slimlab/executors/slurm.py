@@ -33,7 +33,8 @@ DEFAULTS = {"partition": None, "time_min": 60, "cpus_per_run": 1, "mem_gb": None
             "runs_per_task": 1, "latency_partition": None, "extra_args": []}
 MAX_REQUEUES = 3  # a job that reaches its time limit requeues itself at most this often
 SIGNAL_BEFORE_LIMIT_S = 120  # when, before the time limit, the job is told to requeue
-POLL_SECONDS = 2.0
+POLL_SECONDS = 2.0  # between the first polls of a wait
+POLL_MAX_S = 30.0  # between polls once the wait has been long: a tenth of the time waited, at most this
 QUERY_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0)  # pauses between the tries of a failed job query: about 30 s in all
 COMMAND_TIMEOUT_S = 60
 GONE = ("Invalid job id specified",)  # squeue's answer for jobs the controller no longer holds: an answer, not a failure
@@ -237,10 +238,17 @@ def submit_missing(plan: Plan, store: Store, settings: dict, earlier: list[dict]
     return jobs + submit([latency], "latency", folder, settings, store, after, remember=remember)
 
 
+def poll_interval(waited: float) -> float:
+    """Seconds to the next squeue: 2 at first, then a tenth of the time waited so far, at most 30. A study of hours
+    asks the controller about 15x less often than every 2 s (submitit's watcher backs off alike), and learns that its
+    jobs have ended at most 30 s (and 10% of the wait) late."""
+    return min(POLL_MAX_S, max(POLL_SECONDS, waited / 10))
+
+
 def wait_for(jobs: list[dict], store: Store, plan: Plan, progress: bool) -> dict[str, dict]:
     """Poll until SLURM says no job of `jobs` is queued or running (while it cannot be asked, they may be: wait on),
     printing the study's counts when they change; returns the jobs' final states."""
-    last = None
+    last, started = None, time.monotonic()
     while True:
         table = job_table([job["id"] for job in jobs])
         if table is not None and not any(state in ACTIVE for states in table.values() for state in states.values()):
@@ -253,7 +261,7 @@ def wait_for(jobs: list[dict], store: Store, plan: Plan, progress: bool) -> dict
         if line != last and (progress or table is None):
             print(f"slimlab: slurm: {line}", flush=True, file=sys.stderr if table is None else sys.stdout)
             last = line
-        time.sleep(POLL_SECONDS)
+        time.sleep(poll_interval(time.monotonic() - started))
 
 
 def record_job_failures(jobs: list[dict], store: Store, states: dict[str, dict]) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from slimlab.errors import ConfigError
 from slimlab.report.metrics import (METRICS, Metric, batch_sizes, dataset_of, device_of, joined, latency_metric,
-                                    latency_state, mean_std, values_of)
+                                    latency_state, mean_std, sample_size, shortfall, values_of)
 from slimlab.report.study import Study, StudyRun
 
 
@@ -164,11 +164,19 @@ TOP1 = METRICS["top1"]
 
 @dataclass(frozen=True)
 class Point:
+    """A configuration's mean over its runs; `n` says how many (`n=2, 1 failed`), `short` why fewer than planned."""
+
     label: str
     x: float
     y: float
     y_std: float
     flag: str = ""  # e.g. "noisy latency"
+    n: str = ""
+    short: str | None = None
+
+    @property
+    def hover(self) -> str:
+        return " ".join(filter(None, [f"{self.label} · {self.n}" if self.n else self.label, self.flag]))
 
 
 def subtitle(runs: list[StudyRun]) -> str:
@@ -186,11 +194,12 @@ def _points(groups: dict[str, list[StudyRun]], x: Metric, usable) -> tuple[list[
     points, left_out = [], []
     for label, runs in groups.items():
         chosen = [r for r in runs if r.status == "done" and usable(r)]
-        xs, ys = values_of(chosen, x), values_of(chosen, TOP1)
-        if xs and ys:
-            y, std = mean_std(ys)
-            flag = _flag(chosen) if x.key.startswith("latency") else ""
-            points.append(Point(label, mean_std(xs)[0], y, std or 0.0, flag))
+        measured = [r for r in chosen if x.read(r.metrics) is not None and TOP1.read(r.metrics) is not None]
+        if measured:
+            y, std = mean_std(values_of(measured, TOP1))
+            flag = _flag(measured) if x.key.startswith("latency") else ""
+            n, short = sample_size(runs, len(measured)), shortfall(label, runs, len(measured))
+            points.append(Point(label, mean_std(values_of(measured, x))[0], y, std or 0.0, flag, n, short))
         elif not any(r.status == "done" for r in runs):
             left_out.append(f"{label} ({joined(r.failure or r.status for r in runs)})")
         elif chosen:
@@ -202,15 +211,26 @@ def _flag(runs: list[StudyRun]) -> str:
     return "noisy latency" if any(r.record.notes.get("latency_noisy") for r in runs) else ""
 
 
+def _label(p: Point) -> str:
+    """The text beside a point on the front: its n where it averages fewer runs than planned, and a noisy flag."""
+    return p.label + (f" ({p.n})" if p.short else "") + (" (noisy)" if p.flag else "")
+
+
 def _front_series(points: list[Point]) -> list[Series]:
     front = set(non_dominated([(p.x, p.y) for p in points], maximize=(False, True)))
     on = sorted((points[i] for i in front), key=lambda p: p.x)
     off = [p for i, p in enumerate(points) if i not in front]
     def series(name, chosen, **style):
         return Series(name, [p.x for p in chosen], [p.y for p in chosen], error_y=[p.y_std for p in chosen],
-                      hover=[f"{p.label} {p.flag}".strip() for p in chosen], **style)
-    return [series("Pareto front (non-dominated)", on, mode="lines+markers", color=FRONT, labels=[p.label + (" (noisy)" if p.flag else "") for p in on]),
+                      hover=[p.hover for p in chosen], **style)
+    return [series("Pareto front (non-dominated)", on, mode="lines+markers", color=FRONT, labels=[_label(p) for p in on]),
             series("dominated", off, color=DOMINATED)]
+
+
+def fewer_than_planned(points: list[Point]) -> str:
+    """The note under a figure whose points average fewer runs than their configurations planned."""
+    short = [p.short for p in points if p.short]
+    return f"Fewer runs than planned in the mean: {'; '.join(short)}." if short else ""
 
 
 def pareto_chart(key: str, study: Study, x: Metric, x_title: str, references: list[dict], usable=lambda r: True) -> Chart | Skipped:
@@ -223,6 +243,7 @@ def pareto_chart(key: str, study: Study, x: Metric, x_title: str, references: li
     note = f"Not plotted: {'; '.join(left_out)}." if left_out else ""
     if any(p.flag for p in points):
         note += " '(noisy)' after a label: its latency was flagged as noisy when measured."
+    note += " " + fewer_than_planned(points)
     series = _front_series(points) + reference_series(references, x.key)
     return Chart(key, title, subtitle(runs), x_title, accuracy_title(runs), series, note.strip())
 
@@ -272,18 +293,20 @@ def sparsity_chart(study: Study, references: list[dict]) -> Chart | Skipped:
     pruned = [r for r in study.done() if _prune_step(r)]
     if not pruned:
         return Skipped(key, title, "No pruned run in the store: nothing to draw against sparsity.")
-    series = []
+    series, drawn = [], []
     for name in dict.fromkeys(schedule_name(_prune_step(r)) for r in pruned):
         ids = {r.id for r in pruned if schedule_name(_prune_step(r)) == name}
-        groups = {label: [r for r in runs if r.id in ids] for label, runs in study.groups().items()}
-        points = sorted(_points({k: v for k, v in groups.items() if v}, METRICS["sparsity"], lambda r: True)[0], key=lambda p: p.x)
+        # a configuration's failed and pending runs stay in its group: they are counted, not averaged
+        groups = {label: runs for label, runs in study.groups().items() if any(r.id in ids for r in runs)}
+        points = sorted(_points(groups, METRICS["sparsity"], lambda r: True)[0], key=lambda p: p.x)
         series.append(Series(name, [p.x for p in points], [p.y for p in points], mode="lines+markers",
-                             error_y=[p.y_std for p in points], hover=[p.label for p in points]))
+                             error_y=[p.y_std for p in points], hover=[p.hover for p in points]))
+        drawn += points
     parent, _ = mean_std([r.metrics.get("float_top1") for r in pruned])
     if parent == parent:  # NaN when no pruned run recorded its parent's accuracy
         series.append(Series(f"dense parent ({parent:.2f}%)", [0, 100], [parent, parent], mode="lines", dash="dash", color="black"))
     return Chart(key, title, subtitle(pruned), METRICS["sparsity"].label, accuracy_title(pruned),
-                 series + reference_series(references, "sparsity"))
+                 series + reference_series(references, "sparsity"), fewer_than_planned(drawn))
 
 
 # --- Validation accuracy and loss per epoch, the best and worst runs (by test top-1) highlighted ----------------------
@@ -421,8 +444,9 @@ def parallel_figure(study: Study) -> Parallel | Skipped:
     dims += [Dimension(m.label, [m.read(r.metrics) for r in runs]) for m in complete]
     left = [m.label for m in metrics if m not in complete and values_of(runs, m)]
     note = f"Drag along an axis to select a range. Left out (not every run has them): {', '.join(left)}." if left else "Drag along an axis to select a range."
+    failed = sum(r.status == "failed" for r in study.runs)
     not_done = len(study.runs) - len(runs)
-    note += f" {not_done} run(s) not done are not drawn; the runs table lists them." if not_done else ""
+    note += f" {not_done} run(s) not done ({failed} failed) are not drawn; the runs table lists them." if not_done else ""
     return Parallel(key, title, subtitle(runs), dims, [METRICS["top1"].read(r.metrics) or 0.0 for r in runs],
                     METRICS["top1"].label, note)
 

@@ -1,5 +1,5 @@
 """What a report reads from a record, defined once: each metric with its label and unit (latencies per batch size
-included), the latency states, the data set and device of a run, and the spread over replicates."""
+included), the latency states, the data set and device of a run, the spread over replicates and how many runs an aggregate holds."""
 from __future__ import annotations
 
 import math
@@ -115,3 +115,20 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
 def values_of(runs: list[StudyRun], m: Metric) -> list[float]:
     """The metric of each done run that has it."""
     return [v for r in runs if (v := m.read(r.metrics)) is not None]
+
+
+def sample_size(runs: list[StudyRun], used: int) -> str:
+    """`n=2, 1 failed`: how many runs an aggregate averages, and how many of its configuration's `runs` failed."""
+    failed = sum(r.status == "failed" for r in runs)
+    return f"n={used}" + (f", {failed} failed" if failed else "")
+
+
+def shortfall(label: str, runs: list[StudyRun], used: int) -> str | None:
+    """`int8 (n=2 of 3, 1 failed)` where an aggregate averages fewer runs than its configuration planned, else None."""
+    if used >= len(runs):
+        return None
+    failed, pending = sum(r.status == "failed" for r in runs), sum(r.status not in ("done", "failed") for r in runs)
+    why = [f"{failed} failed"] * bool(failed) + [f"{pending} not done"] * bool(pending)
+    unmeasured = len(runs) - used - failed - pending
+    why += [f"{unmeasured} without the figure"] * bool(unmeasured)
+    return f"{label} (n={used} of {len(runs)}, {', '.join(why)})"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from slimlab.report.metrics import METRICS, Metric, device_of, joined, mean_std, metric, values_of
+from slimlab.report.metrics import METRICS, Metric, device_of, joined, mean_std, metric, sample_size, values_of
 from slimlab.report.study import StudyRun
 from slimlab.report.tables import fmt
 
@@ -24,6 +24,7 @@ class Candidate:
     top1: float
     top1_std: float | None
     change_low: float  # points; mean - std of (top1 - float parent's top1) over replicates, the value itself for one
+    n: str = ""  # how many runs the means hold, and how many of the configuration's failed: `n=2`
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Recommendation:
     max_drop: float
     ranked: list[Candidate]  # the qualifying configurations, best first
     rejected: list[tuple[str, str]]  # (configuration, why it does not qualify)
-    parents: dict[str, StudyRun]  # configuration -> its float parent run in the study, where there is one
+    parents: dict[str, list[StudyRun]]  # configuration -> the float parent of each replicate that the study has
 
     @property
     def best(self) -> Candidate | None:
@@ -73,7 +74,8 @@ def _candidate(group: str, runs: list[StudyRun], objective: Metric) -> Candidate
     done = [r for r in runs if r.status == "done"]
     change, change_std = mean_std([accuracy_change(r) for r in done])
     top1, top1_std = mean_std(values_of(done, METRICS["top1"]))
-    return Candidate(group, done, mean_std(values_of(done, objective))[0], top1, top1_std, change - (change_std or 0.0))
+    return Candidate(group, done, mean_std(values_of(done, objective))[0], top1, top1_std, change - (change_std or 0.0),
+                     sample_size(runs, len(done)))
 
 
 def _parent(run: StudyRun, runs: list[StudyRun]) -> StudyRun | None:
@@ -112,7 +114,7 @@ def recommend(runs: list[StudyRun], max_drop: float = 1.0, minimize: str = "late
         (rejected.append((group, why)) if why else ranked.append(candidate))
     ranked, rejected = _one_device(ranked, rejected, objective)
     ranked.sort(key=lambda c: (c.value, -c.top1))
-    parents = {c.group: p for c in ranked if (p := _parent(c.runs[0], runs))}
+    parents = {c.group: ps for c in ranked if (ps := [p for r in c.runs if (p := _parent(r, runs))])}
     return Recommendation(objective, max_drop, ranked, rejected, parents)
 
 
@@ -136,10 +138,11 @@ def _figure(runs: list[StudyRun], m: Metric) -> str:
 
 def _comparison(rec: Recommendation) -> list[str]:
     """An aligned table: the pick, its float parent (when the study has it) and the runner-up, figure by figure."""
-    best, runner, parent = rec.best, rec.runner_up, rec.parents.get(rec.best.group)
-    columns = [("recommended", best.runs, f"{best.change_low:+.2f}")]
-    columns += [("float parent", [parent], "0")] if parent and parent.id != best.runs[0].id else []
-    columns += [(f"runner-up: {runner.group}", runner.runs, f"{runner.change_low:+.2f}")] if runner else []
+    best, runner, parents = rec.best, rec.runner_up, rec.parents.get(rec.best.group, [])
+    columns = [(f"recommended ({best.n})", best.runs, f"{best.change_low:+.2f}")]
+    if parents and {p.id for p in parents} != {r.id for r in best.runs}:  # the parent of each replicate, averaged alike
+        columns.append((f"float parent ({sample_size(parents, len(parents))})", parents, "0"))
+    columns += [(f"runner-up: {runner.group} ({runner.n})", runner.runs, f"{runner.change_low:+.2f}")] if runner else []
     metrics = [rec.objective, METRICS["top1"], *(METRICS[k] for k in SHOWN if k != rec.objective.key)]
     rows = [["", *(name for name, _, _ in columns)]]
     rows += [[m.label, *(_figure(runs, m) for _, runs, _ in columns)] for m in metrics]

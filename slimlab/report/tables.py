@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from slimlab.report.metrics import (METRICS, Metric, batch_sizes, dataset_of, device_of, joined, latency_batches,
-                                    latency_metric, latency_state, mean_std, values_of)
+                                    latency_metric, latency_state, mean_std, sample_size, values_of)
 from slimlab.report.study import Study, StudyRun, flatten
 from slimlab.store import RunRecord
 
@@ -35,13 +35,15 @@ def fmt(value: float | None) -> str:
     return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
 
 
-def spread(runs: list[StudyRun], m: Metric) -> str:
-    """`mean ± std (n=k)` over the runs that have the metric, the value alone for one run, '' for none."""
-    found = values_of(runs, m)
+def spread(runs: list[StudyRun], m: Metric, among: list[StudyRun] | None = None) -> str:
+    """`mean ± std (n=2, 1 failed)` over the runs (of `among`, default all) that have the metric, failures counted
+    over all `runs` of the configuration; the value alone for a configuration of one run; '' for none."""
+    found = values_of(runs if among is None else among, m)
     mean, std = mean_std(found)
     if not found:
         return ""
-    return fmt(mean) if std is None else f"{fmt(mean)} ± {fmt(std)} (n={len(found)})"
+    cell = fmt(mean) if std is None else f"{fmt(mean)} ± {fmt(std)}"
+    return cell if len(runs) == 1 else f"{cell} ({sample_size(runs, len(found))})"
 
 
 def status(runs: list[StudyRun]) -> str:
@@ -60,7 +62,7 @@ def latency_cell(runs: list[StudyRun], batch: int) -> str:
     noisy = [r for r, s in zip(runs, states) if s == "noisy"]
     # A figure timed under load is never averaged with clean ones (7.44 ms beside 0.72 ms made "4.08 ± 4.75"): it is
     # left out and counted; only when no clean figure exists are the noisy ones shown, and said to be.
-    cell = spread(clean or noisy, latency_metric(batch))
+    cell = spread(runs, latency_metric(batch), among=clean or noisy)
     flags = [f"{states.count('pending')} pending"] if "pending" in states else []
     if noisy:
         flags.append(f"{len(noisy)} noisy left out" if clean else f"all {len(noisy)} noisy")
@@ -150,7 +152,8 @@ SEED_ROWS = [
 
 
 def seed_table(study: Study) -> str:
-    """A plain-text table: one column per variant and grid point (the dataset shown apart), in the study's order.
+    """A plain-text table: one column per variant and grid point (the dataset shown apart), in the study's order; each
+    column is one run (n=1), and the runs not done are named under it, so a failed seed is never silently missing.
 
     The study's runs come from its manifest, so a run another command made first (the same config under another
     name, e.g. a trained model the study found in the store) is in its column. A study known only by run names
@@ -175,7 +178,18 @@ def seed_table(study: Study) -> str:
     # Latencies are comparable only on one device: a float model trained on a GPU is timed there, int8 on the CPU.
     devices = [r.env.get("device", "NA") for _, _, r in columns]
     lines.append(f"{'Inference device':{width}}  " + "  ".join(f"{d:>{col}}" for d in devices))
-    return "\n".join(lines)
+    return "\n".join(lines + _not_shown(study))
+
+
+def _not_shown(study: Study) -> list[str]:
+    """`Not shown: 1 failed (static/seed=2: diverged), 1 pending (later/seed=0)`, or nothing when every run is done."""
+    missing: dict[str, list[str]] = {}
+    for run in study.runs:
+        if run.status != "done":
+            word = "failed" if run.failure else run.status
+            missing.setdefault(word, []).append(f"{run.label}: {run.failure}" if run.failure else run.label)
+    said = [f"{len(labels)} {word} ({', '.join(labels)})" for word, labels in missing.items()]
+    return [f"Not shown: {'; '.join(said)}"] if said else []
 
 
 # --- `slimlab compare`: runs side by side, headline figures first, then the config keys that differ -------------------
