@@ -334,7 +334,7 @@ def _measure_model(model: nn.Module, context: StepContext, run_id: str, store: S
     if counts["params"] == 0 and step_input_counts:  # an engine outside torch (ONNX Runtime): the layers it was handed
         counts = step_input_counts
         notes["params"] = "params and macs of the model handed to the engine; its weights live outside torch"
-    metrics.update(counts)
+    metrics.update(_named_counts(counts, context.config.steps, notes))
     if not cfg.latency:
         return metrics
     if defer_latency and fmt in DEFERRABLE_FORMATS:
@@ -400,6 +400,21 @@ def measure_pending_latency(store: Store, run_id: str) -> RunRecord:
 def _counts(model: nn.Module, example: torch.Tensor) -> dict:
     """Parameters and MACs; counting MACs runs a forward pass, on a copy unless the model is int8 (which cannot move)."""
     return {**measure.count_parameters(model), **measure.count_macs(copy.deepcopy(model) if not _is_quantized(model) else model, example)}
+
+
+def _named_counts(counts: dict, steps: list[dict], notes: dict) -> dict:
+    """Zeros and a smaller parameter count are pruning's only when a prune step ran: otherwise the zeros are weights
+    that rounded to zero (int8) or were trained so (`zero_weight_fraction`, not `sparsity`), and an int8 model's
+    parameters are fewer because batch norm was folded into the convolutions."""
+    kinds = {step["kind"] for step in steps}
+    if "prune" in kinds:
+        return counts
+    counts = {**counts, "zero_weight_fraction": counts["sparsity"]}
+    del counts["sparsity"]
+    notes["zero_weight_fraction"] = "share of weights equal to zero with no prune step run: int8 rounding or training, not sparsity"
+    if "quantize" in kinds:
+        notes.setdefault("params", "parameters of the quantized model: batch norm folded into the convolutions, not pruned")
+    return counts
 
 
 def _is_quantized(model: nn.Module) -> bool:

@@ -406,6 +406,9 @@ def test_quantize_step_end_to_end_through_run(tmp_path, method, optimizer):
     run_dir = tmp_path / "runs" / record.id
     assert (run_dir / "quant_layers.json").exists()
     assert (run_dir / ("model.onnx" if method == "onnxruntime" else "model.pt")).exists()
+    # no prune step ran: zeros and a smaller count are named for what they are, never `sparsity`
+    assert "sparsity" not in m and 0 <= m["zero_weight_fraction"] < 0.05
+    assert "not sparsity" in record.notes["zero_weight_fraction"] and "params" in record.notes
 
 
 @pytest.mark.parametrize("observer", ["minmax", "histogram"])
