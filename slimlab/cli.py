@@ -123,7 +123,7 @@ def cmd_explore(args) -> int:
     from slimlab.explore.outputs import format_result
 
     flags = {"model": args.model, "weights": args.weights, "data": args.data, "max_drop": args.max_drop,
-             "minimize": args.minimize, "time_budget": args.time_budget, "name": args.name}
+             "minimize": args.minimize, "time_budget": args.time_budget, "name": args.name, "val_size": args.val_size}
     cfg = load_explore_config(args.file, flags)  # every bad value refused here, before any work
     get_executor(args.executor)
     options = ExecOptions(jobs=args.jobs, retries=args.retries, progress=False, slurm=_slurm_flags(args))
@@ -500,6 +500,8 @@ def _add_explore_command(sub) -> None:
     p.add_argument("--max-drop", type=float, default=None, help="validation top-1 points the pick may lose (default 1.0)")
     p.add_argument("--minimize", default=None, help="latency_b<N>, size or macs (default latency_b1)")
     p.add_argument("--time-budget", default=None, help="stop starting new stages after this long, e.g. 2h, 90m")
+    p.add_argument("--val-size", type=_at_least(1), default=None, help="training images held out for validation "
+                   "(default: 5,000 or a fifth of the training images, whichever is fewer)")
     p.add_argument("--name", default=None, help="names its studies in the store (default: from the model)")
     p.add_argument("--out", default=None, help="folder for the report, the sensitivity table, trials, recommendation and "
                    "deployable file (default: explore-NAME)")

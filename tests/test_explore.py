@@ -179,6 +179,7 @@ def test_the_yaml_form_and_the_flags_say_the_same():
 
     cfg = load_explore_config(None, {"model": "resnet20", "data": "synthetic", "minimize": "latency_b8", "time_budget": "90m"})
     assert cfg.batch == 8 and cfg.time_budget == 5400 and cfg.name == "resnet20"
+    assert ExploreConfig(model="pkg.mymodels:build", data="synthetic").name == "mymodels-build"
 
 
 def test_the_heldout_view_is_exactly_the_runs_validation_split():
@@ -216,7 +217,8 @@ def test_candidates_come_from_the_evidence_and_their_fine_tuned_versions_are_val
     from slimlab.explore import candidates
     from slimlab.explore.trials import run_config
 
-    cfg = ExploreConfig(model="resnet20", data="synthetic", data_options=DATA, engines=["x86", "pt2e"], float_layers=[1, 2],
+    cfg = ExploreConfig(model="resnet20", data="synthetic", data_options=DATA, val_size=96, calibration_size=64,
+                        engines=["x86", "pt2e"], float_layers=[1, 2],
                         channel_ladder=[0.5], max_drop=1.0, finetune_epochs=1)
     rows = [{"layer": "a", "int8_only": -0.1, "float_only": 0.0, "channels_0.5": -0.2, "int8_only_sqnr_db": 30.0},
             {"layer": "b", "int8_only": -2.0, "float_only": 1.5, "channels_0.5": -5.0, "int8_only_sqnr_db": 12.0},
@@ -273,7 +275,7 @@ def test_data_is_a_registered_dataset_or_an_image_folder(tmp_path):
 
     folder = tmp_path / "images"
     folder.mkdir()
-    section = data_section(ExploreConfig(model="resnet20", data=str(folder), data_options={"image_size": 32}))
+    section = data_section(ExploreConfig(model="resnet20", data=str(folder), data_options={"image_size": 32}, val_size=5000))
     assert section["name"] == "heldout" and section["path"] == str(folder.resolve())
     assert section["options"] == {"of": "imagefolder", "val_size": 5000, "options": {"image_size": 32}}
     with pytest.raises(ConfigError, match="neither a registered dataset"):
@@ -313,7 +315,8 @@ def test_channel_ratios_are_allotted_layer_by_layer_from_the_sensitivity():
     from slimlab.explore import candidates
     from slimlab.explore.trials import run_config
 
-    cfg = ExploreConfig(model="resnet20", data="synthetic", data_options=DATA, channel_ladder=[0.25, 0.5], max_drop=1.0)
+    cfg = ExploreConfig(model="resnet20", data="synthetic", data_options=DATA, val_size=96, calibration_size=64,
+                        channel_ladder=[0.25, 0.5], max_drop=1.0)
     rows = [{"layer": "a", "channels_0.25": -0.1, "channels_0.5": -0.3},  # 0.5 costs 0.3 <= half the budget
             {"layer": "b", "channels_0.25": -0.4, "channels_0.5": -3.0},  # only 0.25 fits
             {"layer": "c", "channels_0.25": -2.0, "channels_0.5": -6.0},  # neither: left whole
@@ -325,3 +328,16 @@ def test_channel_ratios_are_allotted_layer_by_layer_from_the_sensitivity():
     trials = {t.label: t for t in candidates.first_rung(cfg, rows)}
     assert trials[f"{label}, then int8 x86"].steps[-1]["kind"] == "quantize" and len(run_config(cfg, trials[label]).steps) == 2
     assert candidates.per_layer_channels(cfg.model_copy(update={"channel_ladder": [0.5]}), rows) == []  # one ratio: uniform
+
+
+def test_split_sizes_default_to_a_fifth_of_a_small_folder_and_too_large_ones_are_one_line(tmp_path):
+    from slimlab.errors import ConfigError
+    from slimlab.explore.trials import sized
+
+    cfg = ExploreConfig(model="tests.test_explore:tiny_net", data="synthetic", data_options=DATA)
+    assert (cfg.val_size, cfg.calibration_size) == (None, None)
+    done = sized(cfg)  # 480 training images: 96 held out for validation, a fifth of the other 384 to calibrate on
+    assert (done.val_size, done.calibration_size, done.slice_size) == (96, 76, 96)
+    assert sized(cfg.model_copy(update={"val_size": 200})).calibration_size == 56
+    with pytest.raises(ConfigError, match=r"val_size \(400\) and calibration_size \(100\): synthetic has 480 training images"):
+        sized(cfg.model_copy(update={"val_size": 400, "calibration_size": 100}))

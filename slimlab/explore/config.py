@@ -36,8 +36,10 @@ class ExploreConfig(BaseModel):
     model_options: dict[str, Any] = Field(default_factory=dict)
     data: str = Field(..., description="a registered dataset name, or an image folder")
     data_options: dict[str, Any] = Field(default_factory=dict)
-    val_size: int = Field(5000, gt=0, description="training images held out as the validation split every choice is made on")
-    calibration_size: int = Field(1000, gt=0, description="further training images the int8 candidates calibrate on")
+    val_size: int | None = Field(None, gt=0, description="training images held out as the validation split every choice is "
+                                 "made on; default 5,000 or a fifth of the training images, whichever is fewer")
+    calibration_size: int | None = Field(None, gt=0, description="further training images the int8 candidates calibrate "
+                                         "on; default 1,000 or a fifth of the rest, whichever is fewer")
     max_drop: float = Field(1.0, ge=0, description="points of validation top-1 a candidate may lose against the float model")
     minimize: str = Field("latency_b1", description="latency_bN (ms per batch of N), size (bytes on disk) or macs")
     time_budget: float | None = Field(None, description="stop starting new stages after this long (2h, 90m, 45s)")
@@ -85,7 +87,8 @@ class ExploreConfig(BaseModel):
     @model_validator(mode="after")
     def _named(self):
         if not self.name:
-            stem = self.model.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+            module, _, factory = self.model.rpartition(":")  # mymodels:build -> mymodels-build: factories share names
+            stem = "-".join(filter(None, [module.rsplit(".", 1)[-1], factory]))
             object.__setattr__(self, "name", re.sub(r"[^A-Za-z0-9_.+-]", "-", stem))
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", self.name):
             raise ValueError(f"name {self.name!r} must be letters, digits and _ . + -")

@@ -12,7 +12,7 @@ from slimlab.executors import ExecOptions
 from slimlab.explore import candidates, halving, outputs, sensitivity
 from slimlab.explore.config import ExploreConfig
 from slimlab.explore.finalists import read_test_split, write_deployable
-from slimlab.explore.trials import Trial, run_config, run_stage
+from slimlab.explore.trials import Trial, run_config, run_stage, sized
 from slimlab.store import Store
 
 FINAL_RUNGS = ("engines", "rung1", "finetune")  # scored on the whole validation split: where the pick comes from
@@ -145,6 +145,7 @@ def explore(cfg: ExploreConfig, store: Store, out: Path, executor: str = "local"
     """Run (or resume) the whole search and write its outputs to `out`; see docs/explore.md."""
     # Latency timed alone at the end of each stage, from the saved file: no float baselines compiled in every trial.
     options = replace(options or ExecOptions(progress=False), defer_latency=True)
+    cfg = sized(cfg)
     layers, normalize = model_layers(cfg)
     result = Explored(layers)
     stages = Stages(cfg, store, executor, options, result)

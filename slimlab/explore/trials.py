@@ -33,17 +33,42 @@ def int8_step(engine: str, skip: list[str]) -> dict:
     return {**method, "error_batches": ERROR_BATCHES, **({"skip": skip} if skip else {})}
 
 
+def user_data(cfg: ExploreConfig) -> dict:
+    """The user's dataset as a run's data section: a registered name, or an image folder (its path resolved)."""
+    if cfg.data in list_datasets():
+        return {"name": cfg.data, "options": dict(cfg.data_options)}
+    if not Path(cfg.data).expanduser().exists():
+        raise ConfigError(f"data: {cfg.data!r} is neither a registered dataset ({', '.join(list_datasets())}) nor a folder")
+    return {"name": "imagefolder", "path": str(Path(cfg.data).expanduser().resolve()), "options": dict(cfg.data_options)}
+
+
 def data_section(cfg: ExploreConfig, test_subset: int | None = None) -> dict:
     """The run's data: the validation split of the user's dataset served as its test split (slimlab/data/heldout.py);
     the int8 candidates calibrate on `calibration_size` further training images."""
-    inner, options, path = cfg.data, dict(cfg.data_options), None
-    if cfg.data not in list_datasets():
-        if not Path(cfg.data).expanduser().exists():
-            raise ConfigError(f"data: {cfg.data!r} is neither a registered dataset ({', '.join(list_datasets())}) nor a folder")
-        inner, path = "imagefolder", str(Path(cfg.data).expanduser().resolve())
+    inner = user_data(cfg)
     section = {"name": "heldout", "val_size": cfg.calibration_size, "test_subset": test_subset,
-               "options": {"of": inner, "val_size": cfg.val_size, "options": options}}
-    return {**section, "path": path} if path else section
+               "options": {"of": inner["name"], "val_size": cfg.val_size, "options": inner["options"]}}
+    return {**section, "path": inner["path"]} if "path" in inner else section
+
+
+DEFAULT_VAL, DEFAULT_CALIBRATION, SHARE = 5000, 1000, 5  # at most a fifth of the training images each, by default
+
+
+def sized(cfg: ExploreConfig) -> ExploreConfig:
+    """The question with its split sizes set: as given, else 5,000 validation and 1,000 calibration images or a fifth
+    of the training images each, whichever is fewer; the slice never larger than the validation split. Sizes the
+    training split cannot hold are refused in one line that names the key, before any trial."""
+    from slimlab.run import prepare_data
+
+    config = build_config({"data": {**user_data(cfg), "val_size": 0}, "model": {"name": cfg.model}, "train": {"epochs": 0}},
+                          "slimlab explore")
+    total = len(prepare_data(config, progress=False, device="cpu").train)
+    val = cfg.val_size or min(DEFAULT_VAL, total // SHARE)
+    calibration = cfg.calibration_size or min(DEFAULT_CALIBRATION, (total - val) // SHARE)
+    if val < 1 or calibration < 1 or val + calibration >= total:
+        raise ConfigError(f"val_size ({val}) and calibration_size ({calibration}): {cfg.data} has {total} training images, "
+                          f"and both splits must leave some; set smaller ones (--val-size, or the keys in the explore YAML)")
+    return cfg.model_copy(update={"val_size": val, "calibration_size": calibration, "slice_size": min(cfg.slice_size, val)})
 
 
 def run_config(cfg: ExploreConfig, trial: Trial) -> ExperimentConfig:
