@@ -498,7 +498,7 @@ def _add_explore_command(sub) -> None:
     p.add_argument("--weights", help="the trained model's state-dict checkpoint")
     p.add_argument("--data", help="a registered dataset or an image folder")
     p.add_argument("--max-drop", type=float, default=None, help="validation top-1 points the pick may lose (default 1.0)")
-    p.add_argument("--minimize", default=None, help="latency_b<N>, size or macs (default latency_b1)")
+    p.add_argument("--minimize", default=None, help="latency_b<N>, size (the file), payload (its weights) or macs (default latency_b1)")
     p.add_argument("--time-budget", default=None, help="stop starting new stages after this long, e.g. 2h, 90m")
     p.add_argument("--val-size", type=_at_least(1), default=None, help="training images held out for validation "
                    "(default: 5,000 or a fifth of the training images, whichever is fewer)")

@@ -341,3 +341,12 @@ def test_split_sizes_default_to_a_fifth_of_a_small_folder_and_too_large_ones_are
     assert sized(cfg.model_copy(update={"val_size": 200})).calibration_size == 56
     with pytest.raises(ConfigError, match=r"val_size \(400\) and calibration_size \(100\): synthetic has 480 training images"):
         sized(cfg.model_copy(update={"val_size": 400, "calibration_size": 100}))
+
+
+def test_the_weight_payload_is_an_objective_where_a_small_models_file_is_mostly_code(explored, tmp_path):
+    cfg, store, out, result = explored
+    again = explore(cfg.model_copy(update={"minimize": "payload", "time_budget": 0.0}), store, tmp_path / "out", "inline",
+                    say=lambda _: None)
+    pick, base = again.pick, again.float_score
+    assert pick.objective == store.get(pick.run_id).metrics["weight_payload_bytes"] < base.objective
+    assert "payload" in format_result(cfg.model_copy(update={"minimize": "payload"}), again)

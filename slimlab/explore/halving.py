@@ -22,7 +22,7 @@ class Score:
 
 def objective_value(record: RunRecord, cfg: ExploreConfig) -> float | None:
     """The figure to minimize, from the run's metrics: latency at the batch asked, bytes on disk, or MACs."""
-    key = {"size": "model_size_bytes", "macs": "macs"}.get(cfg.minimize, f"latency_b{cfg.batch}_median_ms")
+    key = {"size": "model_size_bytes", "payload": "weight_payload_bytes", "macs": "macs"}.get(cfg.minimize, f"latency_b{cfg.batch}_median_ms")
     return record.metrics.get(key)
 
 

@@ -31,7 +31,7 @@ def write_sensitivity(out: Path, table: list[dict]) -> None:
 
 
 def _objective_name(cfg) -> str:
-    return {"size": "size_bytes", "macs": "macs"}.get(cfg.minimize, f"latency_b{cfg.batch}_ms")
+    return {"size": "size_bytes", "payload": "weight_payload_bytes", "macs": "macs"}.get(cfg.minimize, f"latency_b{cfg.batch}_ms")
 
 
 def trial_rows(cfg, result) -> list[dict]:
@@ -107,7 +107,7 @@ def _against(result, label: str, other: str) -> str:
 
 def format_result(cfg, result) -> str:
     """The answer for people: the pick against float (validation change, objective ratio, test figures), the load line."""
-    unit = {"size": "bytes", "macs": "MACs"}.get(cfg.minimize, "ms")
+    unit = {"size": "bytes", "payload": "bytes", "macs": "MACs"}.get(cfg.minimize, "ms")
     if result.pick is None and not result.final():
         return (f"slimlab explore: {result.stopped or 'no candidate finished'}; the same command with a larger "
                 "--time-budget goes on from there")
