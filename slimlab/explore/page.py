@@ -11,7 +11,7 @@ from slimlab.report.figures import Chart, Series, non_dominated
 from slimlab.report.page import STYLE, figure_div, plotly_js
 
 PAGE = "report.html"
-HEAT = "td.h{text-align:right;font-variant-numeric:tabular-nums}"
+HEAT = "td.h{text-align:right;font-variant-numeric:tabular-nums}pre{white-space:pre-wrap}"
 
 
 def _answer(answer: str, summary: dict) -> str:
