@@ -31,7 +31,9 @@ LEGEND = ("Cells: quantization gives the logit SQNR against float (QAT: against 
           "layers / weighted layers; unstructured pruning the sparsity reached over the selected weights; structured "
           "pruning (50% of the channels) the parameters and MACs left as a fraction of float, and the engine that pruned "
           "(`structured` is `engine: auto`; `torch-pruning` is Torch-Pruning 1.6.1 alone, the same importance and "
-          "ratio). `b1 xR`: batch-1 latency over float's, with --latency only.")
+          "ratio). `b1 xR` (with --latency): batch-1 latency over the float model's in eager PyTorch, one thread, at the "
+          "test input size, where per-operator overhead is much of the time: ONNX Runtime's ratio includes its lower "
+          "overhead, not int8 alone, and unstructured sparsity leaves a dense kernel's time as it was (about x1).")
 
 
 def figure(cell: suite.Cell) -> str:
