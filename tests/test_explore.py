@@ -350,3 +350,15 @@ def test_the_weight_payload_is_an_objective_where_a_small_models_file_is_mostly_
     pick, base = again.pick, again.float_score
     assert pick.objective == store.get(pick.run_id).metrics["weight_payload_bytes"] < base.objective
     assert "payload" in format_result(cfg.model_copy(update={"minimize": "payload"}), again)
+
+
+def test_float_is_the_answer_when_no_compressed_candidate_beats_it_on_the_objective():
+    cfg = ExploreConfig(model="resnet20", data="synthetic", val_size=100, calibration_size=50, max_drop=1.0)
+    base = _score("float", 0.0, 1.0)
+    slower = [_score("int8 x86", 0.2, 1.45), _score("channels 0.5", -3.0, 0.5)]  # the faster one misses the budget
+    assert halving.answer(slower, base, cfg) == base
+    assert halving.answer(slower + [_score("int8 pt2e", -0.5, 0.8)], base, cfg).label == "int8 pt2e"
+    assert halving.answer([_score("channels 0.5", -3.0, 0.5)], base, cfg) is None  # nothing kept it: the closest, as before
+    result = search.Explored(["a"], scores={"engines": [base, slower[0]], "rung1": [slower[1]]}, pick=base, float_score=base)
+    text = format_result(cfg, result)
+    assert text.startswith("Recommended: the float model as it is") and "int8 x86, is 1.45x float's" in text

@@ -61,6 +61,14 @@ def pick(scores: list[Score], cfg: ExploreConfig) -> Score | None:
     return min(passing, key=lambda s: (s.objective, -s.change)) if passing else None
 
 
+def answer(scores: list[Score], reference: Score | None, cfg: ExploreConfig) -> Score | None:
+    """The pick, unless it is no better than the float model `reference` on the objective (int8 can be slower than
+    float, and quantization leaves MACs as they were): then float itself is the answer. None when no compressed
+    candidate keeps the budget."""
+    best = pick(scores, cfg)
+    return reference if best is not None and reference is not None and best.objective >= reference.objective else best
+
+
 def closest(scores: list[Score], cfg: ExploreConfig) -> Score | None:
     """When nothing passes: the compressed candidate that came nearest to the budget."""
     return max(scores, key=lambda s: s.change) if scores else None

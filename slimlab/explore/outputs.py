@@ -105,6 +105,21 @@ def _against(result, label: str, other: str) -> str:
                      (("latency_ms", "latency"), ("file_bytes", "file"), ("weight_bytes", "weights")) if mine.get(key) and theirs.get(key))
 
 
+def _float_answer(cfg, result, unit: str) -> str:
+    """When compression did not pay: float as it is, and the best compressed candidate that kept the budget."""
+    from slimlab.explore.halving import pick
+
+    base, best = result.float_score, pick(result.final(), cfg)
+    lines = [f"Recommended: the float model as it is (run {base.run_id[:8]}): no compressed candidate within the budget had a "
+             f"lower {cfg.minimize} than its {base.objective:.4g} {unit} here; the lowest, {best.label}, is "
+             f"{best.objective / base.objective:.2f}x float's ({best.change:+.2f} points)"]
+    if base.label in result.test:
+        lines.append(f"Test split (read once, after the choice): top-1 {result.test[base.label]['test_top1']:.2f}%")
+    ended = f"; stopped: {result.stopped}" if result.stopped else ""
+    lines += [f"{result.trials} trials in {result.seconds:.0f} s{ended}. Deployable: {result.deployable}", f"Load: {result.snippet}"]
+    return "\n".join(lines)
+
+
 def format_result(cfg, result) -> str:
     """The answer for people: the pick against float (validation change, objective ratio, test figures), the load line."""
     unit = {"size": "bytes", "payload": "bytes", "macs": "MACs"}.get(cfg.minimize, "ms")
@@ -117,6 +132,8 @@ def format_result(cfg, result) -> str:
                 "'{}' ({:+.2f} points)".format(cfg.max_drop, near.label, near.change) if near else
                 "slimlab explore: no candidate finished; see the failed runs with `slimlab runs`")
     pick, base = result.pick, result.float_score
+    if pick.label == base.label:
+        return _float_answer(cfg, result, unit)
     ratio = f", {base.objective / pick.objective:.2f}x better than float ({base.objective:.4g} {unit})" if base and pick.objective else ""
     lines = [f"Recommended: {pick.label} (run {pick.run_id[:8]}): {cfg.minimize} {pick.objective:.4g} {unit}{ratio}; "
              f"validation top-1 change {pick.change:+.2f} points on {pick.images} images (lower bound {lower_bound(pick):+.2f})"]

@@ -104,7 +104,7 @@ def run_halving(stages: Stages, table: list[dict], best: halving.Score | None) -
                 f"{cfg.min_gain:.0%} below {best.label}'s {cfg.minimize} on the slice") if best else "no candidate kept the budget on the slice"
     second = [Trial(t.label, t.steps, None) for t in first if t.label in promoted]
     stages.scored("rung1", second)
-    current = halving.pick(stages.result.final(), cfg)
+    current = halving.answer(stages.result.final(), stages.result.float_score, cfg)
     missed = [s for s in stages.result.scores["rung1"] if s.change < -cfg.max_drop and (current is None or s.objective < current.objective)]
     tuned = [t for s in sorted(missed, key=lambda s: s.objective)[:2]
              if (t := candidates.fine_tuned(cfg, next(x for x in second if x.label == s.label)))]
@@ -119,8 +119,9 @@ def search(stages: Stages, layers: list[str], say: Callable[[str], None]) -> Non
     """The first engine first (a whole answer in one stage), then, time allowing, the evidence and the candidates it
     suggests."""
     cfg, result = stages.cfg, stages.result
-    stages.scored("engines", candidates.engine_trials(cfg))
-    best = halving.pick(result.final(), cfg)
+    engines = stages.scored("engines", candidates.engine_trials(cfg))
+    result.float_score = next((s for s in engines if s.label == candidates.FLOAT), None)
+    best = halving.answer(result.final(), result.float_score, cfg)
     first = "no trial finished (slimlab runs --status failed)" if not result.final() else "nothing keeps the budget"
     say(f"explore {cfg.name}: first answer after {result.finished['engines']:.0f} s: "
         + (f"{best.label} ({best.change:+.2f} points)" if best else first))
@@ -154,13 +155,11 @@ def explore(cfg: ExploreConfig, store: Store, out: Path, executor: str = "local"
         outputs.write_sensitivity(out, result.table)
     if result.stopped:
         say(f"explore {cfg.name}: {result.stopped}")
-    result.float_score = next((s for s in result.scores.get("engines", []) if s.label == candidates.FLOAT), None)
-    result.pick = halving.pick(result.final(), cfg)
+    result.pick = halving.answer(result.final(), result.float_score, cfg)
     result.closest = None if result.pick else halving.closest(result.final(), cfg)
     if result.pick:
-        for score in (result.pick, result.float_score):
-            if score is not None:
-                result.test[score.label] = read_test_split(cfg, store, store.get(score.run_id))
+        for score in {s.label: s for s in (result.pick, result.float_score) if s is not None}.values():
+            result.test[score.label] = read_test_split(cfg, store, store.get(score.run_id))
         result.deployable, result.snippet = write_deployable(store, store.get(result.pick.run_id), out, normalize)
         result.figures = outputs.compared_figures(cfg, result, store)
     result.seconds = time.monotonic() - stages.started
