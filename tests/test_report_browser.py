@@ -150,5 +150,5 @@ def test_the_explore_page_draws_its_front_with_no_error_and_no_request(tmp_path)
     requests = [e["params"]["request"]["url"] for e in opened["events"] if e.get("method") == "Network.requestWillBeSent"]
     assert requests == [opened["page"].as_uri()]
     front = opened["drawn"]["front"]
-    assert front["points"] == len(result.final()) + len(result.scores["rung0"]) - len(result.scores.get("rung1", [])) + 1
+    assert front["points"] == len(result.final()) + len(result.scores["rung0"]) - len(result.scores.get("rung1", [])) + 2  # float, the pick
     assert front["marks"] > 0

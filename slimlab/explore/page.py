@@ -23,8 +23,8 @@ def _answer(answer: str, summary: dict) -> str:
 
 
 def front_chart(cfg, result) -> Chart:
-    """Validation top-1 change against the objective: the whole-split candidates (front in red, the pick a star), and
-    the slice-only ones faint."""
+    """Validation top-1 change against the objective: the whole-split candidates (front in red, the pick a star, float
+    a diamond), and the slice-only ones faint."""
     final = result.final()
     front = set(non_dominated([(s.objective, s.change) for s in final], maximize=(False, True)))
     def series(name, scores, **style):
@@ -35,6 +35,8 @@ def front_chart(cfg, result) -> Chart:
                     mode="lines+markers", color="#d62728"),
              series("dominated", [s for i, s in enumerate(final) if i not in front], color="#7f7f7f"),
              series(f"slice only ({cfg.slice_size} images)", slice_only, color="#7f7f7f", symbol="circle-open", opacity=0.5)]
+    if result.float_score:
+        drawn.append(series("float (the reference)", [result.float_score], color="black", symbol="diamond"))
     if result.pick:
         drawn.append(series("recommended", [result.pick], color="#2ca02c", symbol="star"))
     return Chart("front", "Candidates: validation top-1 change against the objective", f"budget: -{cfg.max_drop:g} points",
