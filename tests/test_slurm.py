@@ -305,7 +305,7 @@ def test_explore_hands_its_stages_to_slurm_and_answers_from_them(cluster_env, tm
 
     spec = {"model": "tests.test_explore:tiny_net", "weights": str(_trained_weights(tmp_path / "tiny.pt")), "data": "synthetic",
             "data_options": DATA, "val_size": 160, "calibration_size": 64, "slice_size": 64, "max_drop": 2.0,
-            "time_budget": "0s"}  # the engines stage, then the spent budget ends it: the SLURM path, not the whole search
+            "minimize": "payload", "time_budget": "0s"}  # the engines stage, then the spent budget ends it: the SLURM path, not the whole search
     (tmp_path / "explore.yaml").write_text(yaml.safe_dump(spec))
     store, out = tmp_path / "store", tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "slimlab", "explore", str(tmp_path / "explore.yaml"), "--store", str(store),
