@@ -17,7 +17,7 @@ from slimlab.config import ExperimentConfig, config_hash, rewind_epochs, trainin
 from slimlab.data import DatasetRequest, load_dataset
 from slimlab.data.loader import balanced_subset, split_validation
 from slimlab.deployable import (DEFERRABLE_FORMATS, MODEL_FILES, RAW_FILES, describe_input, load_deployable, load_raw_file, raw_top1,
-                                speedups, inherit_flags, time_latency, with_preprocessing)
+                                inherit_flags, speedups, time_latency, with_preprocessing)
 from slimlab.errors import ConfigError, SlimlabError
 from slimlab.models import create_model
 from slimlab.data.prepared import Prepared

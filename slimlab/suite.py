@@ -109,9 +109,7 @@ def _static(engine: str) -> Callable[[Probe], dict]:
 
 
 def _dynamic(probe: Probe) -> dict:
-    from slimlab.quantize import DynamicConfig, quantize_dynamic_
-
-    from slimlab.quantize import coverage
+    from slimlab.quantize import DynamicConfig, coverage, quantize_dynamic_
 
     quantized = quantize_dynamic_(copy.deepcopy(probe.model), DynamicConfig(), probe.evaluate[0])
     rows = coverage.explain(coverage.layer_coverage(quantized), probe.model, "dynamic", known_reasons=quantized.slimlab_float_reasons)

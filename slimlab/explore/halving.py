@@ -20,10 +20,21 @@ class Score:
     single: bool = False  # one compression method as it comes (one step, nothing left float): what a fixed grid tries
 
 
+OBJECTIVE_METRICS = {"size": "model_size_bytes", "payload": "weight_payload_bytes", "macs": "macs"}  # else latency_bN
+
+
+def objective_key(cfg: ExploreConfig) -> str:
+    """The run metric the objective is: latency at the batch asked, the file's or the weights' bytes, or MACs."""
+    return OBJECTIVE_METRICS.get(cfg.minimize, f"latency_b{cfg.batch}_median_ms")
+
+
+def objective_unit(cfg: ExploreConfig) -> str:
+    return "MACs" if cfg.minimize == "macs" else "bytes" if cfg.minimize in OBJECTIVE_METRICS else "ms"
+
+
 def objective_value(record: RunRecord, cfg: ExploreConfig) -> float | None:
-    """The figure to minimize, from the run's metrics: latency at the batch asked, bytes on disk, or MACs."""
-    key = {"size": "model_size_bytes", "payload": "weight_payload_bytes", "macs": "macs"}.get(cfg.minimize, f"latency_b{cfg.batch}_median_ms")
-    return record.metrics.get(key)
+    """The figure to minimize, from the run's metrics."""
+    return record.metrics.get(objective_key(cfg))
 
 
 def score(label: str, record: RunRecord | None, cfg: ExploreConfig, objective: float | None = None) -> Score | None:

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from slimlab.atomic import write_atomic
+from slimlab.explore import halving
 from slimlab.explore.page import write_page
 
 SENSITIVITY_CSV, SENSITIVITY_JSON = "sensitivity.csv", "sensitivity.json"
@@ -30,33 +31,28 @@ def write_sensitivity(out: Path, table: list[dict]) -> None:
     write_atomic(out / SENSITIVITY_JSON, json.dumps(table, indent=1).encode())
 
 
-def _objective_name(cfg) -> str:
-    return {"size": "size_bytes", "payload": "weight_payload_bytes", "macs": "macs"}.get(cfg.minimize, f"latency_b{cfg.batch}_ms")
-
-
 def trial_rows(cfg, result) -> list[dict]:
     """Every scored trial: its stage, when the stage finished (seconds into this invocation), label, validation
     change, objective, images, run id."""
     return [{"stage": stage, "stage_finished_s": result.finished.get(stage), "label": s.label,
-             "val_top1_change": round(s.change, 4), _objective_name(cfg): s.objective, "val_images": s.images,
+             "val_top1_change": round(s.change, 4), halving.objective_key(cfg): s.objective, "val_images": s.images,
              "run_id": s.run_id} for stage, scores in result.scores.items() for s in scores]
 
 
 def lower_bound(score) -> float:
     """The validation change less its two standard errors (halving.slack): one seed, one split, so the noise of the
     split is the replicate spread there is."""
-    from slimlab.explore.halving import slack
-
-    return round(score.change - slack(score.change, score.images), 4)
+    return round(score.change - halving.slack(score.change, score.images), 4)
 
 
 def runners_up(cfg, result, n: int = 3) -> list[str]:
-    """Why the pick beat the nearest others on the whole validation split: faster ones lost too much, the rest are slower."""
+    """Why the pick beat the nearest others on the whole validation split: lower ones lost too much, the rest are higher."""
     pick, lines = result.pick, []
     others = sorted((s for s in result.final() if s.label != pick.label), key=lambda s: abs(s.objective - pick.objective))
     for s in others[:n]:
         if s.objective < pick.objective:
-            lines.append(f"{s.label}: {pick.objective / s.objective:.2f}x faster but {s.change:+.2f} points, over the {cfg.max_drop:g}-point budget")
+            lines.append(f"{s.label}: {cfg.minimize} {s.objective / pick.objective:.2f}x the pick's, but {s.change:+.2f} points, "
+                         f"over the {cfg.max_drop:g}-point budget")
         else:
             lines.append(f"{s.label}: {s.change:+.2f} points but {s.objective / pick.objective:.2f}x the pick's {cfg.minimize}")
     return lines
@@ -67,7 +63,7 @@ def write_results(out: Path, cfg, result, store=None) -> None:
     rows = trial_rows(cfg, result)
     write_atomic(out / TRIALS_CSV, _csv(rows))
     pick = result.pick
-    summary = {"question": cfg.model_dump(mode="json"), "objective": _objective_name(cfg), "trials": result.trials,
+    summary = {"question": cfg.model_dump(mode="json"), "objective": halving.objective_key(cfg), "trials": result.trials,
                "seconds": round(result.seconds, 1), "stages_finished_s": result.finished, "stopped": result.stopped,
                "pick": asdict(pick) if pick else None, "pick_val_change_lower_bound": lower_bound(pick) if pick else None,
                "runners_up": runners_up(cfg, result) if pick else [],
@@ -82,9 +78,7 @@ def write_results(out: Path, cfg, result, store=None) -> None:
 
 def best_single(cfg, result):
     """The fastest single method (one step as it comes) within the budget on the whole validation split."""
-    from slimlab.explore.halving import pick
-
-    return pick([s for s in result.final() if s.single], cfg)
+    return halving.pick([s for s in result.final() if s.single], cfg)
 
 
 FIGURES = {"latency_b{}_median_ms": "latency_ms", "model_size_bytes": "file_bytes", "weight_payload_bytes": "weight_bytes"}
@@ -107,9 +101,7 @@ def _against(result, label: str, other: str) -> str:
 
 def _float_answer(cfg, result, unit: str) -> str:
     """When compression did not pay: float as it is, and the best compressed candidate that kept the budget."""
-    from slimlab.explore.halving import pick
-
-    base, best = result.float_score, pick(result.final(), cfg)
+    base, best = result.float_score, halving.pick(result.final(), cfg)
     lines = [f"Recommended: the float model as it is (run {base.run_id[:8]}): no compressed candidate within the budget had a "
              f"lower {cfg.minimize} than its {base.objective:.4g} {unit} here; the lowest, {best.label}, is "
              f"{best.objective / base.objective:.2f}x float's ({best.change:+.2f} points)"]
@@ -122,7 +114,7 @@ def _float_answer(cfg, result, unit: str) -> str:
 
 def format_result(cfg, result) -> str:
     """The answer for people: the pick against float (validation change, objective ratio, test figures), the load line."""
-    unit = {"size": "bytes", "payload": "bytes", "macs": "MACs"}.get(cfg.minimize, "ms")
+    unit = halving.objective_unit(cfg)
     if result.pick is None and not result.final():
         return (f"slimlab explore: {result.stopped or 'no candidate finished'}; the same command with a larger "
                 "--time-budget goes on from there")

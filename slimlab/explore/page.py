@@ -73,7 +73,7 @@ def heatmap(table: list[dict]) -> str:
 
 def _coverage(result, store) -> str:
     items = []
-    for score in {s.label: s for s in (result.pick, result.float_score) if s is not None}.values():
+    for score in result.finalists():
         record = store.get(score.run_id) if store is not None else None
         lines = (record.notes.get("coverage") or ["no compression step"]) if record else ["not in the store"]
         items.append(f"<li><b>{html.escape(score.label)}</b>: {html.escape('; '.join(lines))}</li>")

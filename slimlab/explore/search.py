@@ -41,6 +41,10 @@ class Explored:
         """The compressed candidates scored on the whole validation split."""
         return [s for rung in FINAL_RUNGS for s in self.scores.get(rung, []) if s.label != candidates.FLOAT]
 
+    def finalists(self) -> list[halving.Score]:
+        """The pick and float, once each (the pick may be float): what the test split is read for."""
+        return list({s.label: s for s in (self.pick, self.float_score) if s is not None}.values())
+
 
 def model_layers(cfg: ExploreConfig) -> tuple[list[str], str]:
     """The model's conv and linear layers, and how its inputs are normalized (for the load snippet)."""
@@ -158,7 +162,7 @@ def explore(cfg: ExploreConfig, store: Store, out: Path, executor: str = "local"
     result.pick = halving.answer(result.final(), result.float_score, cfg)
     result.closest = None if result.pick else halving.closest(result.final(), cfg)
     if result.pick:
-        for score in {s.label: s for s in (result.pick, result.float_score) if s is not None}.values():
+        for score in result.finalists():
             result.test[score.label] = read_test_split(cfg, store, store.get(score.run_id))
         result.deployable, result.snippet = write_deployable(store, store.get(result.pick.run_id), out, normalize)
         result.figures = outputs.compared_figures(cfg, result, store)
