@@ -126,6 +126,7 @@ def cmd_explore(args) -> int:
              "minimize": args.minimize, "time_budget": args.time_budget, "name": args.name, "val_size": args.val_size}
     cfg = load_explore_config(args.file, flags)  # every bad value refused here, before any work
     get_executor(args.executor)
+    _check_energy_counter(cfg.minimize, cfg.device, args.executor)
     options = ExecOptions(jobs=args.jobs, retries=args.retries, progress=False, slurm=_slurm_flags(args))
     out = Path(args.out or f"explore-{cfg.name}")
     result = explore(cfg, _store(args), out, args.executor, options, say=print)
@@ -133,6 +134,17 @@ def cmd_explore(args) -> int:
     if result.pick:
         print(f"Report: {out / 'report.html'}")
     return 0 if result.pick else 1
+
+
+def _check_energy_counter(minimize: str, device: str, executor: str) -> None:
+    """An energy objective needs a readable counter where the trials are timed: checked here for the local executor
+    (a cluster's compute nodes may have one its login node lacks)."""
+    from slimlab.errors import ConfigError
+    from slimlab.measure import energy_unreadable
+
+    if minimize.startswith("energy") and executor == "local" and (why := energy_unreadable(device)):
+        raise ConfigError(f"--minimize {minimize}: no energy is measured here: {why}; minimize latency_bN, size, payload "
+                          "or macs instead, or run where RAPL or NVML is readable")
 
 
 def _gpus(args) -> list[str]:
@@ -498,7 +510,7 @@ def _add_explore_command(sub) -> None:
     p.add_argument("--weights", help="the trained model's state-dict checkpoint")
     p.add_argument("--data", help="a registered dataset or an image folder")
     p.add_argument("--max-drop", type=float, default=None, help="validation top-1 points the pick may lose (default 1.0)")
-    p.add_argument("--minimize", default=None, help="latency_b<N>, size (the file), payload (its weights) or macs (default latency_b1)")
+    p.add_argument("--minimize", default=None, help="latency_b<N>, energy_b<N> (RAPL or NVML), size (the file), payload (its weights) or macs (default latency_b1)")
     p.add_argument("--time-budget", default=None, help="stop starting new stages after this long, e.g. 2h, 90m")
     p.add_argument("--val-size", type=_at_least(1), default=None, help="training images held out for validation "
                    "(default: 5,000 or a fifth of the training images, whichever is fewer)")

@@ -152,7 +152,8 @@ class MeasureConfig(Strict):
                                 "worker's share of the cores), at most the CPUs this process may run on")
     eval_batch_size: int = Field(500, gt=0)
     latency: bool = True
-    energy: bool = True
+    energy: bool = Field(True, description="energy from RAPL (CPU packages) or NVML (GPU) where a counter is readable: "
+                         "the training's (train_energy_j) and, after each latency, millijoules per batch (energy_bN_mj)")
     flip_tta: bool = Field(False, description="also report top1_flip_tta: logits averaged over each test image and its mirror")
 
     @field_validator("batch_sizes")

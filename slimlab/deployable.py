@@ -53,11 +53,32 @@ def time_latency(model: nn.Module, cfg, example_of: Callable[[int], torch.Tensor
             reasons.append(f"batch {batch}: {lat['disturbed']}")
     notes = {"latency": f"median and p90 of {cfg.repeats} timed forward passes after {cfg.warmup} warm-up, {threads} "
                         f"threads, {lat['timer']} on {example.device}"}
+    if cfg.energy:
+        energy, energy_notes = _inference_energy(model, cfg, example_of, threads, flagged)
+        metrics.update(energy)
+        notes.update(energy_notes)
     if flagged:
         notes["latency_noisy"] = (f"timed while the machine was busy with other work, {attempts} attempt{'s' * (attempts > 1)}: "
                                   + "; ".join(reasons) + "; the figures may be too slow")
         notes["latency_flagged"] = flagged
     return metrics, notes
+
+
+def _inference_energy(model: nn.Module, cfg, example_of: Callable[[int], torch.Tensor], threads: int,
+                      flagged: list[str]) -> tuple[dict, dict]:
+    """energy_bN_mj at each batch size (measure.inference_energy), flagged where that batch's latency was; `flagged`
+    gains the keys. Without a counter, one note says why and no passes run."""
+    metrics, source = {}, ""
+    for batch in cfg.batch_sizes:
+        millijoules, source = measure.inference_energy(model, example_of(batch), threads)
+        if millijoules is None:
+            return {}, {"energy_inference": f"not measured: {source}"}
+        metrics[f"energy_b{batch}_mj"] = millijoules
+        if f"latency_b{batch}_median_ms" in flagged:
+            flagged.append(f"energy_b{batch}_mj")
+    return metrics, {"energy_inference": f"millijoules per batch: {source} over {measure.ENERGY_WINDOW_S:g} s of "
+                                         f"back-to-back passes after the latency, {threads} threads; the whole "
+                                         "package's draw, its idle power included"}
 
 
 def load_deployable(folder: Path, device: torch.device) -> nn.Module:

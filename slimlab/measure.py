@@ -407,6 +407,43 @@ class EnergyMeter:
         return counters
 
 
+def energy_unreadable(device: torch.device | str) -> str:
+    """Why no energy counter can be read for `device` here (EnergyMeter's reason), or '' when one can."""
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    meter = EnergyMeter(torch.device(auto if device == "auto" else device), poll_seconds=3600)
+    with meter:
+        pass
+    return "" if meter.source else meter.reason
+
+
+ENERGY_WINDOW_S = 2.0  # RAPL counts in ~15 uJ steps and updates about every ms: seconds of passes make a steady figure
+
+
+def inference_energy(model: nn.Module, example: torch.Tensor, threads: int, seconds: float = ENERGY_WINDOW_S,
+                     rapl_root: Path | None = None) -> tuple[float | None, str]:
+    """Millijoules per forward pass of `example`, and the counter read: the energy counters (RAPL for every CPU package,
+    NVML for a GPU) over `seconds` of back-to-back passes, over the passes. The counters see the whole package or GPU,
+    so its idle draw is included (one pass's share of it), and so is any other work; the figure is taken right after
+    the latency, whose disturbance check covers it. (None, why) without a readable counter, and no passes run."""
+    meter = EnergyMeter(example.device, rapl_root=rapl_root, poll_seconds=min(POLL_SECONDS, seconds))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    passes = 0
+    try:
+        with torch.inference_mode(), meter:
+            if not meter._counters:
+                return None, meter.reason
+            start = time.perf_counter()
+            while passes == 0 or time.perf_counter() - start < seconds:
+                model(example)
+                passes += 1
+            if example.is_cuda:
+                torch.cuda.synchronize()
+    finally:
+        torch.set_num_threads(previous)
+    return (meter.joules * 1e3 / passes, meter.source) if meter.joules is not None else (None, meter.reason)
+
+
 class _Counter:
     """One hardware energy counter: the running total of what it advanced since it was first read."""
 

@@ -166,9 +166,11 @@ def test_a_budget_nothing_meets_ends_with_one_line_naming_the_closest():
                     "the closest is 'int8 x86' (-0.90 points)")
 
 
-def test_bad_input_is_one_line_before_any_work(tmp_path):
+def test_bad_input_is_one_line_before_any_work(tmp_path, monkeypatch):
+    from slimlab import measure
     from slimlab.cli import main
 
+    monkeypatch.setattr(measure, "RAPL_ROOT", tmp_path / "no-powercap")  # energy: no counter, as on a VM
     assert main(["explore", "--model", "resnet20", "--store", str(tmp_path / "s")]) == 2
     assert main(["explore", "--model", "resnet20", "--data", "synthetic", "--minimize", "energy", "--store", str(tmp_path / "s")]) == 2
     (tmp_path / "e.yaml").write_text("model: resnet20\ndata: synthetic\nmax_drop: 1\nminimize: size\ntime_budget: 2h\nslices: 3\n")
@@ -182,6 +184,17 @@ def test_the_yaml_form_and_the_flags_say_the_same():
     cfg = load_explore_config(None, {"model": "resnet20", "data": "synthetic", "minimize": "latency_b8", "time_budget": "90m"})
     assert cfg.batch == 8 and cfg.time_budget == 5400 and cfg.name == "resnet20"
     assert ExploreConfig(model="pkg.mymodels:build", data="synthetic").name == "mymodels-build"
+
+
+def test_energy_per_batch_is_an_objective_the_trials_measure():
+    from slimlab.explore.trials import Trial, run_config
+
+    cfg = ExploreConfig(model="resnet20", data="synthetic", minimize="energy_b4", val_size=100, calibration_size=50)
+    assert (cfg.batch, halving.objective_key(cfg), halving.objective_unit(cfg)) == (4, "energy_b4_mj", "mJ")
+    assert run_config(cfg, Trial("float", (), None)).measure.energy
+    assert not run_config(cfg.model_copy(update={"minimize": "latency_b4"}), Trial("float", (), None)).measure.energy
+    plain = ExploreConfig(model="resnet20", data="synthetic", minimize="energy")
+    assert (plain.batch, halving.objective_key(plain)) == (1, "energy_b1_mj")
 
 
 def test_the_heldout_view_is_exactly_the_runs_validation_split():

@@ -153,6 +153,50 @@ def test_no_rapl_counter_gives_no_figure_and_a_reason(tmp_path):
     assert meter.joules is None and "no RAPL counter" in meter.reason
 
 
+class _Metered(nn.Module):
+    """A model whose every forward pass advances a fake RAPL counter by `microjoules`: the figure is known exactly."""
+
+    def __init__(self, counter, microjoules: int):
+        super().__init__()
+        self.counter, self.microjoules, self.passes = counter, microjoules, 0
+
+    def forward(self, x):
+        self.passes += 1
+        self.counter.write_text(str(int(self.counter.read_text()) + self.microjoules))
+        return x.flatten(1)
+
+
+def test_inference_energy_is_the_counters_advance_over_the_passes_at_every_batch_size(tmp_path, monkeypatch):
+    from slimlab.config import MeasureConfig
+    from slimlab.deployable import time_latency
+
+    monkeypatch.setattr(measure, "RAPL_ROOT", _rapl_tree(tmp_path, {0: (0, 2**40)}))
+    monkeypatch.setattr(measure, "ENERGY_WINDOW_S", 0.05)
+    model = _Metered(tmp_path / "intel-rapl:0" / "energy_uj", 1500)
+    metrics, notes = time_latency(model, MeasureConfig(batch_sizes=[1, 4], warmup=1, repeats=5),
+                                  lambda batch: torch.zeros(batch, 3))
+    assert metrics["energy_b1_mj"] == pytest.approx(1.5) and metrics["energy_b4_mj"] == pytest.approx(1.5)
+    assert notes["energy_inference"].startswith("millijoules per batch: rapl over 0.05 s")
+
+
+def test_without_a_counter_inference_energy_is_a_note_and_costs_no_pass(tmp_path, monkeypatch):
+    from slimlab.cli import main
+    from slimlab.config import MeasureConfig
+    from slimlab.deployable import time_latency
+
+    monkeypatch.setattr(measure, "RAPL_ROOT", tmp_path)  # no intel-rapl zone under it
+    (tmp_path / "c").write_text("0")
+    model = _Metered(tmp_path / "c", 1)
+    metrics, notes = time_latency(model, MeasureConfig(batch_sizes=[2], warmup=1, repeats=5), lambda b: torch.zeros(b, 3))
+    assert not any(k.startswith("energy") for k in metrics) and notes["energy_inference"].startswith("not measured: no RAPL counter")
+    latency_passes = model.passes
+    assert time_latency(model, MeasureConfig(batch_sizes=[2], warmup=1, repeats=5, energy=False), lambda b: torch.zeros(b, 3))[1].get("energy_inference") is None
+    assert model.passes == 2 * latency_passes  # the energy window ran no pass of its own
+    assert measure.energy_unreadable("cpu").startswith("no RAPL counter under")
+    assert main(["explore", "--model", "resnet20", "--data", "synthetic", "--minimize", "energy_b8", "--store", str(tmp_path / "s")]) == 2
+    assert not (tmp_path / "s").exists()
+
+
 def test_nvml_finds_the_device_by_its_pci_bus_id_not_its_cuda_index(monkeypatch):
     # CUDA_VISIBLE_DEVICES=3 on a node: CUDA calls it device 0, NVML's index 0 is another GPU.
     bus_ids = {"00000000:3B:00.0": "gpu3", "00000000:1A:00.0": "gpu0"}

@@ -286,14 +286,17 @@ def test_recommend_never_ranks_a_gpu_latency_against_a_cpu_one(tmp_path):
                                                     ("p", "pruned", "cpu", 2.5, [PRUNE]), ("g", "gpu", "cuda", 0.1, QUANT)]:
         config = {"name": f"dev:{variant}/seed=0", "seed": 0, "data": {"name": "synthetic"}, "model": {"name": "resnet20"}, "steps": steps}
         store.start(run_id, config, config["name"])
-        store.finish(run_id, _m(70.0, 70.0 if steps else None, 1.0, latency), {}, {"device": device}, [])
+        store.finish(run_id, {**_m(70.0, 70.0 if steps else None, 1.0, latency), "energy_b1_mj": latency * 10}, {}, {"device": device}, [])
         runs.append({"id": run_id, "label": f"{variant}/seed=0", "variant": variant, "point": {"seed": 0}, "training": None})
     (store.root / "studies").mkdir()
     (store.root / "studies" / "dev.json").write_text(json.dumps({"name": "dev", "source": "d.yaml", "updated": 0.0, "axes": ["seed"], "runs": runs}))
     rec = recommend(load_study(store.root, "dev").runs, max_drop=1.0, minimize="latency_b1")
     assert rec.best.group == "int8" and [c.group for c in rec.ranked] == ["int8", "pruned", "float"]
-    assert dict(rec.rejected)["gpu"] == "latency timed on cuda; the ranking compares latencies timed on cpu"
+    assert dict(rec.rejected)["gpu"] == "latency measured on cuda; the ranking compares figures measured on cpu"
     assert recommend(load_study(store.root, "dev").runs, max_drop=1.0, minimize="size").best is not None  # sizes compare anywhere
+    energy = recommend(load_study(store.root, "dev").runs, max_drop=1.0, minimize="energy_b1")  # inference energy: per device too
+    assert energy.objective.label == "Inference energy, batch 1 (mJ)" and energy.best.value == pytest.approx(20.0)
+    assert dict(energy.rejected)["gpu"] == "energy measured on cuda; the ranking compares figures measured on cpu"
 
 
 def test_every_aggregate_says_how_many_runs_it_averages_and_how_many_failed(tmp_path):

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from slimlab.config import read_yaml_mapping
 from slimlab.errors import ConfigError
 
-OBJECTIVES = ("latency_bN", "size", "payload", "macs")  # what a deployable file's record holds, per image or per file
+OBJECTIVES = ("latency_bN", "energy_bN", "size", "payload", "macs")  # what a deployable file's record holds, per batch or per file
 ENGINES = ("x86", "fbgemm", "qnnpack", "pt2e", "onnxruntime")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smh]?)")
 
@@ -41,8 +41,9 @@ class ExploreConfig(BaseModel):
     calibration_size: int | None = Field(None, gt=0, description="further training images the int8 candidates calibrate "
                                          "on; default 1,000 or a fifth of the rest, whichever is fewer")
     max_drop: float = Field(1.0, ge=0, description="points of validation top-1 a candidate may lose against the float model")
-    minimize: str = Field("latency_b1", description="latency_bN (ms per batch of N), size (the file's bytes on disk), "
-                          "payload (the bytes of its tensors, without the code a small model's file is mostly) or macs")
+    minimize: str = Field("latency_b1", description="latency_bN (ms per batch of N), energy_bN (mJ per batch of N, from "
+                          "RAPL or NVML; energy is energy_b1), size (the file's bytes on disk), payload (the bytes of its "
+                          "tensors, without the code a small model's file is mostly) or macs")
     time_budget: float | None = Field(None, description="stop starting new stages after this long (2h, 90m, 45s)")
     slice_size: int = Field(1000, gt=0, description="validation images of the first rung of successive halving")
     eta: int = Field(3, ge=2, description="successive halving: about 1/eta of the first rung is promoted")
@@ -60,9 +61,7 @@ class ExploreConfig(BaseModel):
     @field_validator("minimize")
     @classmethod
     def _objective(cls, value: str) -> str:
-        if value == "energy":
-            raise ValueError("energy: no per-inference energy is measured (only training energy); choose latency_bN, size, payload or macs")
-        if not re.fullmatch(r"latency_b[1-9]\d*|size|payload|macs", value):
+        if not re.fullmatch(r"(latency|energy)_b[1-9]\d*|energy|size|payload|macs", value):
             raise ValueError(f"unknown objective {value!r}; choose {', '.join(OBJECTIVES)}")
         return value
 
@@ -97,8 +96,8 @@ class ExploreConfig(BaseModel):
 
     @property
     def batch(self) -> int:
-        """The batch size the objective is timed at (1 unless it is latency_bN)."""
-        return int(self.minimize[len("latency_b"):]) if self.minimize.startswith("latency_b") else 1
+        """The batch size the objective is timed at (1 unless it is latency_bN or energy_bN)."""
+        return int(self.minimize.partition("_b")[2]) if self.minimize.partition("_b")[2].isdigit() else 1
 
 
 def build_explore_config(raw: dict, source: str = "explore") -> ExploreConfig:

@@ -20,15 +20,19 @@ class Score:
     single: bool = False  # one compression method as it comes (one step, nothing left float): what a fixed grid tries
 
 
-OBJECTIVE_METRICS = {"size": "model_size_bytes", "payload": "weight_payload_bytes", "macs": "macs"}  # else latency_bN
+OBJECTIVE_METRICS = {"size": "model_size_bytes", "payload": "weight_payload_bytes", "macs": "macs"}  # else per batch
 
 
 def objective_key(cfg: ExploreConfig) -> str:
-    """The run metric the objective is: latency at the batch asked, the file's or the weights' bytes, or MACs."""
+    """The run metric the objective is: latency or energy at the batch asked, the file's or the weights' bytes, or MACs."""
+    if cfg.minimize.startswith("energy"):
+        return f"energy_b{cfg.batch}_mj"
     return OBJECTIVE_METRICS.get(cfg.minimize, f"latency_b{cfg.batch}_median_ms")
 
 
 def objective_unit(cfg: ExploreConfig) -> str:
+    if cfg.minimize.startswith("energy"):
+        return "mJ"
     return "MACs" if cfg.minimize == "macs" else "bytes" if cfg.minimize in OBJECTIVE_METRICS else "ms"
 
 

@@ -81,11 +81,13 @@ def best_single(cfg, result):
     return halving.pick([s for s in result.final() if s.single], cfg)
 
 
-FIGURES = {"latency_b{}_median_ms": "latency_ms", "model_size_bytes": "file_bytes", "weight_payload_bytes": "weight_bytes"}
+FIGURES = {"latency_b{}_median_ms": "latency_ms", "energy_b{}_mj": "energy_mj", "model_size_bytes": "file_bytes",
+           "weight_payload_bytes": "weight_bytes"}
 
 
 def compared_figures(cfg, result, store) -> dict:
-    """Latency at the objective's batch and size (file, weights) of the pick, float and the best single method."""
+    """Latency (and energy, where measured) at the objective's batch and size (file, weights) of the pick, float and
+    the best single method."""
     chosen = {s.label: s for s in (result.pick, result.float_score, best_single(cfg, result)) if s is not None}
     return {label: {name: store.get(s.run_id).metrics.get(key.format(cfg.batch)) for key, name in FIGURES.items()}
             for label, s in chosen.items()}
@@ -96,7 +98,8 @@ def _against(result, label: str, other: str) -> str:
     recorded (below 1 is better; a small model's TorchScript file can grow while its weights shrink)."""
     mine, theirs = result.figures.get(label, {}), result.figures.get(other, {})
     return ", ".join(f"{word} {mine[key] / theirs[key]:.2f}x" for key, word in
-                     (("latency_ms", "latency"), ("file_bytes", "file"), ("weight_bytes", "weights")) if mine.get(key) and theirs.get(key))
+                     (("latency_ms", "latency"), ("energy_mj", "energy"), ("file_bytes", "file"), ("weight_bytes", "weights"))
+                     if mine.get(key) and theirs.get(key))
 
 
 def _float_answer(cfg, result, unit: str) -> str:

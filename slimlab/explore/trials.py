@@ -76,7 +76,7 @@ def run_config(cfg: ExploreConfig, trial: Trial) -> ExperimentConfig:
     raw = {"name": f"explore-{cfg.name}:{trial.label}", "seed": cfg.seed, "data": data_section(cfg, trial.val_images),
            "model": {"name": cfg.model, "weights": cfg.weights, "options": cfg.model_options},
            "train": {"epochs": 0, "device": cfg.device},
-           "measure": {"batch_sizes": [cfg.batch], "latency": trial.latency, "energy": False},
+           "measure": {"batch_sizes": [cfg.batch], "latency": trial.latency, "energy": cfg.minimize.startswith("energy")},
            "steps": [dict(s) for s in trial.steps]}
     return build_config(raw, f"explore trial {trial.label}")
 

@@ -66,13 +66,18 @@ def latency_metric(batch: int) -> Metric:
     return Metric(f"latency_b{batch}", f"Latency, batch {batch}, median (ms)", _scaled(latency_key(batch), 1))
 
 
+def inference_energy_metric(batch: int) -> Metric:
+    """Millijoules per batch of `batch` images (RAPL or NVML, measured after the latency), as `energy_b{batch}`."""
+    return Metric(f"energy_b{batch}", f"Inference energy, batch {batch} (mJ)", _scaled(f"energy_b{batch}_mj", 1))
+
+
 def metric(key: str) -> Metric:
-    """A metric by its key (`size`, `latency_b1`, ...); an unknown key is refused with the known ones."""
-    match = re.fullmatch(r"latency_b(\d+)", key)
+    """A metric by its key (`size`, `latency_b1`, `energy_b1`, ...); an unknown key is refused with the known ones."""
+    match = re.fullmatch(r"(latency|energy)_b(\d+)", key)
     if match:
-        return latency_metric(int(match.group(1)))
+        return (latency_metric if match.group(1) == "latency" else inference_energy_metric)(int(match.group(2)))
     if key not in METRICS:
-        raise ValueError(f"unknown metric '{key}'; known: latency_bN, {', '.join(METRICS)}")
+        raise ValueError(f"unknown metric '{key}'; known: latency_bN, energy_bN, {', '.join(METRICS)}")
     return METRICS[key]
 
 

@@ -61,9 +61,9 @@ def _rejection(runs: list[StudyRun], objective: Metric) -> str | None:
         return joined(r.status for r in runs)
     if any(accuracy_change(r) is None for r in done):
         return "no float parent accuracy recorded"
-    if objective.key.startswith("latency_b") and any(r.record.notes.get("latency_status") == "pending" for r in done):
+    if _per_device(objective) and any(r.record.notes.get("latency_status") == "pending" for r in done):
         return "latency pending"
-    if objective.key.startswith("latency_b") and len({device_of(r) for r in done}) > 1:
+    if _per_device(objective) and len({device_of(r) for r in done}) > 1:
         return f"replicates timed on different devices ({joined(device_of(r) for r in done)})"
     if len(values_of(done, objective)) < len(done):
         return f"no {objective.label}"
@@ -85,20 +85,26 @@ def _parent(run: StudyRun, runs: list[StudyRun]) -> StudyRun | None:
     return next((p for p in runs if p.status == "done" and not p.record.config.get("steps") and base(p) == base(run)), None)
 
 
+def _per_device(objective: Metric) -> bool:
+    """A latency or an inference energy: a figure of the device it was measured on, timed in the latency stage."""
+    return objective.key.startswith(("latency_b", "energy_b"))
+
+
 def _one_device(ranked: list[Candidate], rejected: list, objective: Metric) -> tuple[list[Candidate], list]:
-    """Latencies are ranked on one device only (the one most candidates were timed on): a GPU figure against a CPU one
-    compares the machines, not the configurations. The others are named, with why."""
+    """Latencies (and inference energies) are ranked on one device only (the one most candidates were measured on): a
+    GPU figure against a CPU one compares the machines, not the configurations. The others are named, with why."""
     devices = [device_of(c.runs[0]) for c in ranked]
-    if not objective.key.startswith("latency_b") or len(set(devices)) < 2:
+    if not _per_device(objective) or len(set(devices)) < 2:
         return ranked, rejected
     kept = max(sorted(set(devices)), key=devices.count)
-    others = [(c.group, f"latency timed on {d}; the ranking compares latencies timed on {kept}") for c, d in zip(ranked, devices) if d != kept]
+    what = objective.key.partition("_")[0]
+    others = [(c.group, f"{what} measured on {d}; the ranking compares figures measured on {kept}") for c, d in zip(ranked, devices) if d != kept]
     return [c for c, d in zip(ranked, devices) if d == kept], rejected + others
 
 
 def recommend(runs: list[StudyRun], max_drop: float = 1.0, minimize: str = "latency_b1") -> Recommendation:
     """Rank the configurations (replicates grouped) whose accuracy stays within `max_drop` points of the float parent
-    by `minimize` (latency_bN, size, energy, macs), lowest first; every other configuration is named with why."""
+    by `minimize` (latency_bN, energy_bN, size, energy, macs), lowest first; every other configuration is named with why."""
     if max_drop < 0:
         raise ValueError(f"max_drop: expected a non-negative number of points, got {max_drop}")
     objective = metric(minimize)
