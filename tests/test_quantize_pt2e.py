@@ -110,6 +110,53 @@ def test_user_model_with_concat_and_depthwise(batches):
     assert _sqnr(model, quantized.program, batches[2]) > MIN_SQNR_DB
 
 
+class SharedConv(nn.Module):
+    """One convolution module called twice, once before a batch norm and once bare: its weights are shared."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv, self.bn, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(torch.relu(self.stem(x)))))
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+class SplitConv(SharedConv):
+    """The same model with each call of the shared convolution its own module (identical weights)."""
+
+    def __init__(self, shared: SharedConv):
+        super().__init__()
+        self.load_state_dict(shared.state_dict())
+        self.again = copy.deepcopy(self.conv)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(torch.relu(self.stem(x)))))
+        return self.fc(self.again(x).mean((2, 3)))
+
+
+def test_a_module_called_twice_is_quantized_as_two_and_skipped_at_every_call(batches):
+    """Issue 24 from outside: the batch norm folded into the first call's weights changed the second call too (10 dB,
+    a wrong model reported as 4 of 4 layers int8), and `skip: [conv]` left the second call int8."""
+    torch.manual_seed(0)
+    shared = SharedConv().train()
+    with torch.no_grad():
+        for x in batches:
+            shared(x)  # batch-norm statistics from data
+    shared.eval()
+    split = SplitConv(shared).eval()
+    config = StaticConfig(engine="pt2e", observer="minmax")
+    mine, reference = _sqnr(shared, quantize_static(shared, config, batches[:2]), batches[2]), _sqnr(split, quantize_static(split, config, batches[:2]), batches[2])
+    assert mine > 30 and abs(mine - reference) < 1.0
+    skipped = quantize_static(shared, StaticConfig(engine="pt2e", skip=["conv"]), batches[:2])
+    rows = [r for r in skipped.layer_rows() if r["name"] == "conv"]
+    assert len(rows) == 2 and {r["weight_dtype"] for r in rows} == {"float32"}
+    from slimlab.quantize.coverage import per_module
+
+    merged = per_module(skipped.layer_rows(), shared)
+    assert [(r["name"], r["weight_dtype"]) for r in merged] == [("stem", "int8"), ("conv", "float32"), ("fc", "int8")]
+
+
 def test_qat_through_the_training_loop(resnet):
     split = make_synthetic(64, 10, SIZE, 3, seed=1)
     loader = DeviceLoader(split, 32, (0.3,) * 3, (0.25,) * 3, shuffle=True)

@@ -24,6 +24,35 @@ def layer_coverage(model: nn.Module) -> list[dict]:
     return layer_rows(model)
 
 
+def per_module(rows: list[dict], float_model: nn.Module | None) -> list[dict]:
+    """The rows as one per weighted layer of the float model, whatever the engine: a module called more than once (its
+    weights shared) is one row, int8 only if every call is (graph engines list each call: 'conv@1' in a PT2E program,
+    'conv_1' in ONNX); and nn.MultiheadAttention's input projection, a parameter of the attention module that no module
+    swap reaches, is a float row where the engine's rows do not list it (torch.ao's x86, dynamic)."""
+    modules = dict(float_model.named_modules()) if float_model is not None else {}
+    first: dict[str, dict] = {}
+    kept = []
+    for row in rows:
+        base, _, call = row["name"].rpartition("_")
+        if row["name"] not in modules and call.isdigit() and base in modules:
+            row = {**row, "name": base, "call": int(call)}
+        if row.get("call") and (earlier := first.get(row["name"])) is not None:
+            if row["weight_dtype"] in FLOAT_DTYPES:
+                earlier["weight_dtype"] = row["weight_dtype"]
+            continue
+        row = {k: v for k, v in row.items() if k != "call"}
+        first.setdefault(row["name"], row)
+        kept.append(row)
+    for name, module in modules.items():
+        if isinstance(module, nn.MultiheadAttention):
+            listed = sum(r["weights"] for r in kept if r["name"] == name or r["name"].startswith(f"{name}."))
+            inside = sum(p.numel() for n, p in module.named_parameters() if "weight" in n)
+            if listed < inside:  # the rows hold out_proj at most: the input projection is a parameter no swap reached
+                kept.append({"name": f"{name}.in_proj", "type": "MultiheadAttention", "weight_dtype": "float32",
+                             "weights": inside - listed})
+    return kept
+
+
 def explain(rows: list[dict], float_model: nn.Module | None, method: str, user_skip: Iterable[str] = (),
             sensitivity_skip: Iterable[str] = (), engine: str = "", known_reasons: dict | None = None) -> list[dict]:
     """The rows with a `reason` on every float layer (see the module docstring)."""
@@ -40,7 +69,7 @@ def explain(rows: list[dict], float_model: nn.Module | None, method: str, user_s
             row["reason"] = "user skip"
         elif row["name"] in known:
             row["reason"] = known[row["name"]]
-        elif row["name"] in attention:
+        elif row["name"] in attention or row["type"] == "MultiheadAttention":
             row["reason"] = "unsupported op (nn.MultiheadAttention reads this projection's weight itself)"
         elif method == "dynamic" and "Conv" in types.get(row["name"], row["type"]):
             row["reason"] = "no dynamic kernel"

@@ -116,6 +116,27 @@ def module_of(node_name: str) -> str:
     return ".".join(names)
 
 
+def _constant_size(sizes: dict, producers: dict, name: str) -> int:
+    """Elements of the constant tensor `name` comes from through value-preserving ops (a dequantize, a transpose), or 0
+    when it is computed from the input. `sizes`: the initializers' element counts; `producers`: each output's node."""
+    for _ in range(8):
+        if name in sizes:
+            return sizes[name]
+        node = producers.get(name)
+        if node is None or node.op_type not in ("DequantizeLinear", "Transpose", "Identity", "Cast", "Reshape", "Constant"):
+            return 0
+        if node.op_type == "Constant":
+            return math.prod(node.attribute[0].t.dims) if node.attribute and node.attribute[0].t.dims else 1
+        name = node.input[0]
+    return 0
+
+
+def called_module(name: str, modules: set[str]) -> str:
+    """The module behind an exported scope: the exporter names a module's further calls 'conv_1', 'conv_2'."""
+    base, _, call = name.rpartition("_")
+    return base if name not in modules and call.isdigit() and base in modules else name
+
+
 class OnnxRuntimeModule(nn.Module):
     """An ONNX Runtime session behind nn.Module's call; its intra-op threads follow torch.get_num_threads()."""
 
@@ -147,10 +168,16 @@ class OnnxRuntimeModule(nn.Module):
         """One row per weighted ONNX node: its torch module, op type, and int8 if its weight passes a DequantizeLinear."""
         onnx = require("onnx", "onnx", "ONNX model inspection")
         graph = onnx.load_from_string(self.onnx_bytes).graph
-        sizes = {t.name: math.prod(t.dims) for t in graph.initializer}
         dequantized = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
-        return [{"name": module_of(n.name), "type": n.op_type, "weight_dtype": "int8" if n.input[1] in dequantized else "float32",
-                 "weights": sizes.get(dequantized.get(n.input[1], n.input[1]), 0)} for n in graph.node if n.op_type in WEIGHTED_OPS]
+        sizes = {t.name: math.prod(t.dims) for t in graph.initializer}
+        producers = {out: n for n in graph.node for out in n.output}
+        rows = []
+        for node in (n for n in graph.node if n.op_type in WEIGHTED_OPS):
+            weights = _constant_size(sizes, producers, node.input[1])
+            if weights:  # a MatMul of two activations (attention scores) has no weight: no layer
+                rows.append({"name": module_of(node.name), "type": node.op_type, "weights": weights,
+                             "weight_dtype": "int8" if node.input[1] in dequantized else "float32"})
+        return rows
 
 
 def uniform_batches(batches: Sequence[torch.Tensor]):
@@ -182,7 +209,8 @@ def quantize_onnxruntime(model: nn.Module, config: StaticConfig, calibration_bat
 
     float_model = onnx.load_from_string(export_onnx(model, calibration_batches[0][:1] if example is None else example))
     skipped = resolve_skip(model, config.skip)
-    excluded = [n.name for n in float_model.graph.node if skipped and matches(module_of(n.name), skipped)]
+    modules = {name for name, _ in model.named_modules()}
+    excluded = [n.name for n in float_model.graph.node if skipped and matches(called_module(module_of(n.name), modules), skipped)]
     # Entropy is ORT's range search over a histogram, the counterpart of torch's HistogramObserver.
     method = {"minmax": CalibrationMethod.MinMax, "moving_average": CalibrationMethod.MinMax,
               "histogram": CalibrationMethod.Entropy}[config.observer]

@@ -52,8 +52,39 @@ def export_program(model: nn.Module, example: torch.Tensor) -> torch.export.Expo
 
 
 def export_graph(model: nn.Module, example: torch.Tensor) -> GraphModule:
-    """The exported graph to quantize, each call of a module called more than once made a module of its own."""
-    return split_repeated_calls(export_program(model, example).module())
+    """The exported graph to quantize, each call of a module called more than once made a module of its own: its own
+    name (split_repeated_calls) and its own weights (untie_shared_weights)."""
+    return untie_shared_weights(split_repeated_calls(export_program(model, example).module()))
+
+
+def untie_shared_weights(graph: GraphModule) -> GraphModule:
+    """A weight or bias read by more than one convolution or linear op (a module called twice) gets a copy per further
+    op. Folding a batch norm into one call's weights rewrote the tensor in place, so a second call without that batch
+    norm computed with the folded weights: a wrong model that reported success. Each call is then quantized on its own
+    (its own scales), as the per-module engines do."""
+    for node in list(graph.graph.nodes):
+        users = [u for u in node.users if u.op == "call_function" and str(u.target).startswith("aten.")
+                 and str(u.target).split(".")[1] in WEIGHTED_OPS]
+        if node.op != "get_attr" or len(users) < 2:
+            continue
+        tensor = functools.reduce(getattr, node.target.split("."), graph)
+        for index, user in enumerate(users[1:], start=1):
+            name = f"{node.target.replace('.', '_')}_call{index}"
+            copied = tensor.detach().clone()
+            setattr(graph, name, nn.Parameter(copied, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else copied)
+            with graph.graph.inserting_before(user):
+                attr = graph.graph.get_attr(name)
+            attr.meta = dict(node.meta)
+            user.replace_input_with(node, attr)
+    graph.recompile()
+    return graph
+
+
+def with_repeated_calls(graph: GraphModule, names: Sequence[str]) -> list[str]:
+    """`names` and every further call of each ('conv@1'; split_repeated_calls), so that a skipped module stays float at
+    every call."""
+    calls = {fqn.removeprefix("L['self'].") for n in graph.graph.nodes for fqn, _ in (n.meta.get("nn_module_stack") or {}).values()}
+    return list(names) + [c for c in sorted(calls) if c.partition("@")[0] in names and c.partition("@")[2].isdigit()]
 
 
 def split_repeated_calls(graph: GraphModule) -> GraphModule:
@@ -153,7 +184,7 @@ class PT2EModule(nn.Module):
             quantized = weight.op == "call_function" and "dequantize" in str(weight.target)
             source = weight.args[0] if quantized else weight
             tensor = values.get(source.name)
-            rows.append({"name": module_name(node), "type": str(node.target).split(".")[1],
+            rows.append({"name": module_name(node), "call": call_index(node), "type": str(node.target).split(".")[1],
                          "weight_dtype": str(tensor.dtype).removeprefix("torch.") if tensor is not None else "float32",
                          "weights": tensor.numel() if tensor is not None else 0})
         return rows
@@ -202,6 +233,13 @@ def module_name(node: torch.fx.Node) -> str:
     """The name of the module an exported node came from ('layer1.0.conv1'), from its nn_module_stack."""
     stack = node.meta.get("nn_module_stack") or {}
     return list(stack.values())[-1][0].removeprefix("L['self'].").partition("@")[0] if stack else node.name
+
+
+def call_index(node: torch.fx.Node) -> int:
+    """Which call of its module an exported node belongs to: 0, or k for the module's (k+1)th call ('conv@1')."""
+    stack = node.meta.get("nn_module_stack") or {}
+    call = list(stack.values())[-1][0].partition("@")[2] if stack else ""
+    return int(call) if call.isdigit() else 0
 
 
 def _weighted_nodes(graph_module: GraphModule) -> list[torch.fx.Node]:
@@ -286,7 +324,7 @@ def quantize_pt2e(model: nn.Module, config: StaticConfig, calibration: Sequence[
     model = copy.deepcopy(model).cpu().eval()
     skip_names = resolve_skip(model, config.skip)
     graph = export_graph(model, calibration[0])
-    prepared = prepare_pt2e(graph, x86_quantizer(config.observer, skip_names))
+    prepared = prepare_pt2e(graph, x86_quantizer(config.observer, with_repeated_calls(graph, skip_names)))
     calibrate(prepared, calibration)
     # The observed graph passes values through its observers: the float graph with BN folded and the node names of the
     # converted one, the reference of the per-layer error. A new graph over the same modules, since convert rewrites it.
@@ -334,7 +372,8 @@ def prepare_qat_pt2e(model: nn.Module, skip: Sequence[str], example: torch.Tenso
     _torchao()
     model = copy.deepcopy(model).cpu().train()
     graph = export_graph(model, example.cpu())
-    return PT2EQATModel(prepare(graph, x86_quantizer("moving_average", resolve_skip(model, skip), qat=True))).train()
+    skipped = with_repeated_calls(graph, resolve_skip(model, skip))
+    return PT2EQATModel(prepare(graph, x86_quantizer("moving_average", skipped, qat=True))).train()
 
 
 def convert_qat_pt2e(model: PT2EQATModel) -> PT2EModule:

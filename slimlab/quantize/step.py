@@ -172,7 +172,7 @@ def _describe_layers(rows: list[dict], method: str) -> str:
 
 def _coverage(float_model: nn.Module, model: nn.Module, cfg: QuantizeStepConfig, context: StepContext) -> list[dict]:
     """The per-layer rows with why each float layer is float; refuses a quantization that left every layer float."""
-    rows = _layer_rows(float_model, model, cfg, context)
+    rows = coverage.per_module(_layer_rows(float_model, model, cfg, context), float_model)
     selection = getattr(model, "engine_selection", None) or {}
     engine = selection.get("chosen") or (cfg.engine if cfg.method in ("static", "qat", "dynamic") else cfg.method)
     rows = coverage.explain(rows, float_model, cfg.method, cfg.skip, getattr(model, "slimlab_sensitivity_skip", ()), engine,
