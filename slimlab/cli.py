@@ -131,8 +131,7 @@ def cmd_explore(args) -> int:
     out = Path(args.out or f"explore-{cfg.name}")
     result = explore(cfg, _store(args), out, args.executor, options, say=print)
     print(format_result(cfg, result))  # one line when nothing keeps the budget
-    if result.pick:
-        print(f"Report: {out / 'report.html'}")
+    print(f"Report: {out / 'report.html'}")
     return 0 if result.pick else 1
 
 
@@ -505,7 +504,8 @@ def _add_explore_command(sub) -> None:
     """explore: a trained model and an accuracy budget in, the fastest configuration within it out."""
     p = _with_store(sub.add_parser("explore", help="search quantization and pruning for your trained model: sensitivity, "
                                   "candidates, successive halving on validation, the pick within --max-drop"))
-    p.add_argument("file", nargs="?", help="an explore YAML (the same keys as the flags, plus the search's settings)")
+    p.add_argument("file", nargs="?", help="an explore YAML: the question's keys (model, weights, data, max_drop, minimize, time_budget, name, val_size) "
+                   "and the search's settings (docs/explore.md); where to run (-j, --executor, --store, --out) stays on the command line")
     p.add_argument("--model", help="a registered model or package.module:factory")
     p.add_argument("--weights", help="the trained model's state-dict checkpoint")
     p.add_argument("--data", help="a registered dataset or an image folder")

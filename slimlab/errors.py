@@ -32,3 +32,8 @@ def require(module: str, extra: str, feature: str):
             f"{feature} needs the package '{module}', which is not installed: "
             f"pip install 'slimlab[{extra}]' (or pip install {module})"
         ) from exc
+
+
+class RunFailed(SlimlabError):
+    """A run stopped by an error from below slimlab (torch, an engine, the user's model): one line that names the
+    operation, the whole traceback kept in the run's folder (error.txt)."""

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import os
 import platform
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -18,7 +20,7 @@ from slimlab.data import DatasetRequest, load_dataset
 from slimlab.data.loader import balanced_subset, split_validation
 from slimlab.deployable import (DEFERRABLE_FORMATS, MODEL_FILES, RAW_FILES, describe_input, load_deployable, load_raw_file, raw_top1,
                                 inherit_flags, speedups, time_latency, with_preprocessing)
-from slimlab.errors import ConfigError, SlimlabError
+from slimlab.errors import ConfigError, RunFailed, SlimlabError
 from slimlab.models import create_model
 from slimlab.data.prepared import Prepared
 from slimlab.steps import StepContext, step_kinds
@@ -110,6 +112,19 @@ def failure_class(exc: BaseException) -> str:
     return "error"
 
 
+def _where(exc: BaseException) -> str:
+    """'in slimlab/quantize/torch_engine.py:88 (calibrate), from torch/ao/.../utils.py:120': the innermost slimlab frame,
+    the operation the user asked for, and where below it the error arose."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if "/slimlab/" in f.filename.replace("\\", "/")]
+    def short(frame) -> str:
+        parts = Path(frame.filename).parts
+        tail = parts[parts.index("slimlab"):] if "slimlab" in parts else parts[-3:]
+        return f"{'/'.join(tail)}:{frame.lineno} ({frame.name})"
+    text = f"in {short(ours[-1])}" if ours else ""
+    return text + (f", from {short(frames[-1])}" if frames and (not ours or frames[-1] is not ours[-1]) else "")
+
+
 def _run_locked(config: ExperimentConfig, run_id: str, store: Store, options: RunOptions) -> RunRecord:
     # What can be checked before work starts is checked before a record exists: a dataset that cannot be read, a
     # factory that is not there, weights or an output width that do not fit the data fail here, in one line, and
@@ -126,6 +141,10 @@ def _run_locked(config: ExperimentConfig, run_id: str, store: Store, options: Ru
         store.fail(run_id, reasons.get(kind, f"{type(exc).__name__}: {exc}"), kind)
         if kind == "diverged":  # a finding about this config, not a crash: the study goes on
             return store.get(run_id)
+        if kind == "error" and isinstance(exc, Exception) and not isinstance(exc, SlimlabError):
+            path = store.save_artifact(run_id, "error.txt", "".join(traceback.format_exception(exc)).encode())
+            raise RunFailed(f"run {run_id[:8]} failed {_where(exc)}: {type(exc).__name__}: "
+                            f"{(str(exc).strip().splitlines() or [''])[0]} (the traceback is in {path})") from exc
         raise
     store.finish(run_id, metrics, notes, env, history)
     return store.get(run_id)
@@ -145,6 +164,7 @@ def _build_model(config: ExperimentConfig, data: Prepared) -> nn.Module:
     model = create_model(config.model.name, data.dataset.num_classes, c, h, weights=config.model.weights, **config.model.options)
     model = model.to(data.device)
     _check_output_width(model, config.model.name, data.dataset.num_classes, (2, c, h, w), data.device)
+    _check_layer_patterns(config, model)
     return model.to(memory_format=torch.channels_last) if config.train.channels_last and c > 1 else model
 
 
@@ -155,6 +175,20 @@ def check_inputs(config: ExperimentConfig) -> None:
     c, h, w = dataset.image_shape
     model = create_model(config.model.name, dataset.num_classes, c, h, weights=config.model.weights, **config.model.options)
     _check_output_width(model, config.model.name, dataset.num_classes, (2, c, h, w), torch.device("cpu"))
+    _check_layer_patterns(config, model)
+
+
+def _check_layer_patterns(config: ExperimentConfig, model: nn.Module) -> None:
+    """Every layer pattern of the steps (skip, include, exclude) names some module of the model: a typo is one line
+    before the record exists, not a failed run after the training."""
+    names = [n for n, _ in model.named_modules() if n]
+    for index, step in enumerate(config.steps):
+        for key in ("skip", "include", "exclude"):
+            for pattern in step.get(key) or ():
+                if not any(fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n, f"{pattern}.*") for n in names):
+                    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+                    raise ConfigError(f"steps[{index}].{key}: pattern {pattern!r} matches no module of {type(model).__name__} "
+                                      f"(its modules: {shown})")
 
 
 def _check_output_width(model: nn.Module, name: str, num_classes: int, shape: tuple, device: torch.device) -> None:

@@ -2,10 +2,12 @@
 `show`, and a compression step that compresses nothing fails in one line instead of recording a run that claims it."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 import slimlab
@@ -102,6 +104,63 @@ def test_every_engine_counts_the_same_layers_of_an_attention_model_with_a_shared
     assert rows[-1] == {"name": "mha.in_proj", "type": "MultiheadAttention", "weight_dtype": "float32", "weights": 192,
                         "reason": "unsupported op (nn.MultiheadAttention reads this projection's weight itself)"}
     assert summary(rows) == "1 of 3 layers int8; 2 float: 2 unsupported op (nn.MultiheadAttention reads this projection's weight itself)"
+
+
+class ShapeScaledAttention(nn.Module):
+    """Attention as people write it, its scale a Python number read from the tensor's shape: torch.ao's x86 engine
+    fails on it inside its observers, and Torch-Pruning returns a model whose reshape no longer fits."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, width: int = 16, heads: int = 2):
+        super().__init__()
+        self.heads, self.patch = heads, nn.Conv2d(in_channels, width, 8, stride=8)
+        self.qkv, self.proj, self.head = nn.Linear(width, 3 * width), nn.Linear(width, width), nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        b, n, d = t.shape
+        q, k, v = self.qkv(t).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-2, -1)) * (d // self.heads) ** -0.5
+        return self.head((t + self.proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d))).mean(1))
+
+
+def test_an_error_from_below_is_one_line_naming_where_with_the_traceback_kept(tmp_path, capsys):
+    """Issue 24 from outside: an engine's AttributeError reached the user as a traceback."""
+    from slimlab.cli import main
+
+    raw = tiny_config(**{"model.name": "tests.test_coverage:ShapeScaledAttention", "train.epochs": 0,
+                         "steps": [{"kind": "quantize", "method": "static", "engine": "x86"}]})
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["run", str(tmp_path / "run.yaml"), "--store", str(tmp_path / "s")]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("slimlab: error: run ") and " failed in slimlab/quantize/" in line and "Traceback" not in line
+    kept = next((tmp_path / "s" / "runs").glob("*/error.txt")).read_text()
+    assert kept.startswith("Traceback") and kept.strip().splitlines()[-1].split(":")[0] in line
+
+
+def test_torch_pruning_that_breaks_the_forward_pass_is_refused_and_auto_falls_back(tmp_path):
+    from slimlab.prune.structured import prune_structured_
+
+    pytest.importorskip("torch_pruning")
+    torch.manual_seed(0)
+    model, example = ShapeScaledAttention().eval(), torch.randn(2, 3, 32, 32)
+    with pytest.raises(SlimlabError, match="Torch-Pruning left ShapeScaledAttention unable to run"):
+        prune_structured_(copy.deepcopy(model), 0.5, example, engine="torch_pruning")
+    with pytest.raises(SlimlabError, match="^no structured engine could prune ShapeScaledAttention: slimlab: .*torch_pruning: Torch-Pruning left"):
+        prune_structured_(model, 0.5, example, engine="auto")
+    assert model(example).shape == (2, 10)  # left as it was
+
+
+def test_a_layer_pattern_that_names_no_module_is_one_line_before_any_record(tmp_path, capsys):
+    """Issue 24 from outside: a skip typo failed after the training and left a failed run in the store."""
+    from slimlab.cli import main
+
+    for step in ({"kind": "quantize", "method": "static", "skip": ["nosuchlayer"]},
+                 {"kind": "prune", "method": "l1", "amount": 0.5, "include": ["layer1.*", "nosuch*"]}):
+        (tmp_path / "run.yaml").write_text(yaml.safe_dump(tiny_config(steps=[step])))
+        assert main(["run", str(tmp_path / "run.yaml"), "--store", str(tmp_path / "s")]) == 2
+        key = "skip" if "skip" in step else "include"
+        assert f"steps[0].{key}: pattern '{step[key][-1]}' matches no module of CifarResNet (its modules: conv1, bn1," in capsys.readouterr().err
+    assert not (tmp_path / "s" / "runs").exists()
 
 
 def test_refuse_no_op_names_the_first_layer():

@@ -166,6 +166,56 @@ def test_a_budget_nothing_meets_ends_with_one_line_naming_the_closest():
                     "the closest is 'int8 x86' (-0.90 points)")
 
 
+def test_without_a_pick_the_outputs_say_the_test_split_was_not_read(tmp_path):
+    cfg = ExploreConfig(model="resnet20", data="synthetic", max_drop=0.5, minimize="size")
+    scores = [_score("float", 0.0, 2.0), _score("int8 x86", -0.9, 1.0)]
+    result = search.Explored([], [], {"engines": scores}, float_score=scores[0], closest=scores[1])
+    from slimlab.explore import outputs
+
+    outputs.write_results(tmp_path, cfg, result)
+    summary = json.loads((tmp_path / "recommendation.json").read_text())
+    assert summary["selection"].endswith("nothing was picked, so the test split was not read") and result.finalists() == []
+    assert "Coverage of the finalists" not in (tmp_path / "report.html").read_text()
+
+
+def test_an_untrained_float_model_stops_explore_in_one_line(tmp_path):
+    cfg = ExploreConfig(model="resnet20", data="synthetic", max_drop=1.0)
+    store = Store(tmp_path / "s")
+    config = {"name": "f", "seed": 0, "data": {"name": "synthetic"}, "model": {"name": "resnet20"}, "steps": []}
+    for run_id, top1 in (("chance", 12.0), ("trained", 31.0)):
+        store.start(run_id, config, "f")
+        store.finish(run_id, {"top1": top1}, {}, {}, [])
+    why = search.at_chance(cfg, store, halving.Score("float", 0.0, 1.0, 500, "chance"), 10)
+    assert why == ("explore resnet20: the float model scores 12.0% on 500 validation images, chance for 10 classes: "
+                   "no --weights were given Pass the trained model's state dict (--weights)")
+    assert search.at_chance(cfg, store, halving.Score("float", 0.0, 1.0, 500, "trained"), 10) == ""  # 10% + 4 points < 31%
+
+
+def test_layers_are_in_forward_order_so_the_classifier_is_last_wherever_it_is_defined():
+    from slimlab.explore.sensitivity import _extremes, weighted_layers
+
+    class HeadFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.a, self.b = nn.Linear(8, 3), nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            return self.fc(self.b(self.a(x)).mean((2, 3)))
+
+    assert weighted_layers(HeadFirst(), torch.randn(2, 3, 8, 8)) == ["a", "b", "fc"]
+    assert _extremes("pruning", ["a", "b", "c", "d", "e"]) == "Most sensitive to pruning: a, b, c; least: e, d"  # no layer twice
+    assert _extremes("int8", ["a"]) == "Most sensitive to int8: a"
+
+
+def test_a_slice_as_large_as_the_split_is_the_split_one_run_for_both_rungs():
+    from slimlab.config import config_hash
+    from slimlab.explore.trials import Trial, run_config
+
+    cfg = ExploreConfig(model="resnet20", data="synthetic", val_size=120, calibration_size=50, slice_size=120)
+    assert config_hash(run_config(cfg, Trial("x", (), 120))) == config_hash(run_config(cfg, Trial("x", (), None)))
+    assert config_hash(run_config(cfg, Trial("x", (), 60))) != config_hash(run_config(cfg, Trial("x", (), None)))
+
+
 def test_bad_input_is_one_line_before_any_work(tmp_path, monkeypatch):
     from slimlab import measure
     from slimlab.cli import main
@@ -225,7 +275,8 @@ def test_the_command_hands_the_question_and_the_executor_to_explore(tmp_path, mo
                  "--out", str(tmp_path / "o")])
     assert code == 1  # nothing met the budget
     assert seen["cfg"].minimize == "size" and seen["cfg"].max_drop == 0.5 and seen["jobs"] == 2 and seen["executor"] == "local"
-    assert capsys.readouterr().out.strip().endswith("the closest is 'int8 x86' (-3.00 points)")
+    answer, page = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert answer.endswith("the closest is 'int8 x86' (-3.00 points)") and page == f"Report: {tmp_path / 'o' / 'report.html'}"
 
 
 def test_candidates_come_from_the_evidence_and_their_fine_tuned_versions_are_valid_runs():

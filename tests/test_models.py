@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from slimlab.errors import ConfigError, SlimlabError
-from slimlab.models import create_model, list_models
+from slimlab.models import create_model, list_models, load_weights
 
 PUBLISHED_PARAMS = {  # exact counts where a reference implementation publishes them (10 classes)
     "resnet18": 11_173_962,           # kuangliu/pytorch-cifar, docs/references.md
@@ -104,8 +104,27 @@ def test_checkpoint_with_code_is_refused(tmp_path):
             return (print, ("ran",))
 
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"w": Evil()}))
-    with pytest.raises(SlimlabError, match="not a plain state-dict"):
+    with pytest.raises(SlimlabError, match="not a state dict"):
         create_model("resnet20", weights=tmp_path / "evil.pt")
+
+
+def test_a_checkpoint_that_is_no_state_dict_says_what_it_is_and_how_to_save_one(tmp_path, capsys):
+    """Explore from outside: a whole pickled model gave torch's advice to set weights_only=False, in terminal colours."""
+    model = torch.nn.Linear(2, 2)
+    torch.save(model, tmp_path / "whole.pt")
+    torch.jit.save(torch.jit.script(model), tmp_path / "scripted.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    torch.save([1, 2], tmp_path / "list.pt")
+    said = {}
+    for name in ("whole", "scripted", "text", "list"):
+        with pytest.raises(SlimlabError) as error:
+            load_weights(model, tmp_path / f"{name}.pt")
+        said[name] = str(error.value)
+        assert "\n" not in said[name] and "\x1b" not in said[name] and "weights_only=False" not in said[name]
+        assert "torch.save(model.state_dict(), PATH)" in said[name]
+    assert "a pickle of more than tensors" in said["whole"] and "a TorchScript archive" in said["scripted"]
+    assert "not a torch checkpoint" in said["text"] and "holds a list" in said["list"]
+    assert "UserWarning" not in capsys.readouterr().err  # the archive is told apart before torch.load warns of it
 
 
 def test_factory_options_reach_the_model():

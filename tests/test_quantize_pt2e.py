@@ -179,6 +179,13 @@ def test_auto_keeps_the_fastest_accurate_engine():
                "b": {"sqnr_db": 29.0, "latency_ms": {1: 1.1, 64: 8.0}}}
     assert auto.choose(figures, tolerance_db=3.0) == "b"  # 10% slower at b1, 20% faster at b64; fast_wrong is too far off
     assert auto.choose(figures, tolerance_db=0.5) == "a"
+    # Issue 24 from outside: an engine that left 90% of the weights float set the SQNR bar (51.7 dB) that the engine
+    # which quantized all of them, 4.7x faster, missed (46.4 dB); the bar is now set by the most complete engines
+    c1d = {"pt2e": {"sqnr_db": 51.7, "int8_fraction": 0.10, "latency_ms": {1: 0.14}},
+           "onnxruntime": {"sqnr_db": 46.4, "int8_fraction": 1.0, "latency_ms": {1: 0.03}}}
+    assert auto.choose(c1d, tolerance_db=3.0) == "onnxruntime"
+    c1d["pt2e"]["latency_ms"][1] = 0.01  # at a higher SQNR and faster still, the less complete engine may win
+    assert auto.choose(c1d, tolerance_db=3.0) == "pt2e"
 
 
 def test_auto_measures_each_engine(resnet, batches, monkeypatch):

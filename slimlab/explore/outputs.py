@@ -71,7 +71,8 @@ def write_results(out: Path, cfg, result, store=None) -> None:
                "float": asdict(result.float_score) if result.float_score else None, "test": result.test,
                "best_single": asdict(single) if (single := best_single(cfg, result)) else None, "figures": result.figures,
                "deployable": str(result.deployable) if result.deployable else None, "load": result.snippet,
-               "selection": "every choice on the validation split; the test split read once per finalist, at the end"}
+               "selection": "every choice on the validation split; " + ("the test split read once per finalist, at the end"
+                                                                         if pick else "nothing was picked, so the test split was not read")}
     write_atomic(out / RECOMMENDATION_JSON, json.dumps(summary, indent=1).encode())
     write_page(out, cfg, result, summary, format_result(cfg, result), rows, store)
 
@@ -139,6 +140,9 @@ def format_result(cfg, result) -> str:
         lines.append(f"Best single method within the budget: {single.label}, {single.objective:.4g} {unit}; the pick's "
                      + (_against(result, pick.label, single.label) or f"objective {pick.objective / single.objective:.2f}x")
                      + " of it")
+    if lower_bound(pick) < -cfg.max_drop:
+        lines.append(f"Its lower bound is outside the budget: {pick.images} validation images cannot tell {cfg.max_drop:g} "
+                     f"points from noise (one image is {100 / pick.images:.2f} points); a larger --val-size can")
     if pick.label in result.test:
         test = result.test[pick.label]["test_top1"]
         ref = result.test.get("float", {}).get("test_top1")

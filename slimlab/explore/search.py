@@ -3,11 +3,13 @@ the pick on validation, the finalists on test. Each stage may be the last: the t
 improving end the search with the best answer so far."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from slimlab.errors import SlimlabError
 from slimlab.executors import ExecOptions
 from slimlab.explore import candidates, halving, outputs, sensitivity
 from slimlab.explore.config import ExploreConfig
@@ -42,12 +44,12 @@ class Explored:
         return [s for rung in FINAL_RUNGS for s in self.scores.get(rung, []) if s.label != candidates.FLOAT]
 
     def finalists(self) -> list[halving.Score]:
-        """The pick and float, once each (the pick may be float): what the test split is read for."""
-        return list({s.label: s for s in (self.pick, self.float_score) if s is not None}.values())
+        """The pick and float, once each (the pick may be float): what the test split is read for. None without a pick."""
+        return list({s.label: s for s in (self.pick, self.float_score) if s is not None}.values()) if self.pick else []
 
 
-def model_layers(cfg: ExploreConfig) -> tuple[list[str], str]:
-    """The model's conv and linear layers, and how its inputs are normalized (for the load snippet)."""
+def model_layers(cfg: ExploreConfig) -> tuple[list[str], str, int]:
+    """The model's conv and linear layers, how its inputs are normalized (for the load snippet), and its classes."""
     from slimlab.models import create_model
     from slimlab.run import prepare_data
 
@@ -56,7 +58,23 @@ def model_layers(cfg: ExploreConfig) -> tuple[list[str], str]:
     c, h, _ = data.dataset.image_shape
     model = create_model(cfg.model, data.dataset.num_classes, c, h, weights=cfg.weights, **cfg.model_options)
     mean, std = data.dataset.mean, data.dataset.std
-    return sensitivity.weighted_layers(model), f"pixels/255 minus mean {list(mean)} over std {list(std)}"
+    example = next(iter(data.loader(data.test, 2, config)))[0] if len(data.test.labels) else None
+    return (sensitivity.weighted_layers(model, example), f"pixels/255 minus mean {list(mean)} over std {list(std)}",
+            data.dataset.num_classes)
+
+
+def at_chance(cfg: ExploreConfig, store: Store, float_score: halving.Score | None, classes: int) -> str:
+    """Why the float model looks untrained (validation top-1 within three standard errors of guessing), or ''."""
+    record = store.get(float_score.run_id) if float_score else None
+    top1 = record.metrics.get("top1") if record else None
+    if top1 is None or classes < 2:
+        return ""
+    chance = 100 / classes
+    if top1 > chance + 3 * 100 * math.sqrt(chance / 100 * (1 - chance / 100) / float_score.images):
+        return ""
+    weights = f"are {cfg.weights} its trained weights?" if cfg.weights else "no --weights were given"
+    return (f"explore {cfg.name}: the float model scores {top1:.1f}% on {float_score.images} validation images, chance for "
+            f"{classes} classes: {weights} Pass the trained model's state dict (--weights)")
 
 
 class Stages:
@@ -119,14 +137,17 @@ def run_halving(stages: Stages, table: list[dict], best: halving.Score | None) -
     return ""
 
 
-def search(stages: Stages, layers: list[str], say: Callable[[str], None]) -> None:
+def search(stages: Stages, layers: list[str], say: Callable[[str], None], classes: int = 0) -> None:
     """The first engine first (a whole answer in one stage), then, time allowing, the evidence and the candidates it
-    suggests."""
+    suggests. An untrained float model stops it there, in one line."""
     cfg, result = stages.cfg, stages.result
     engines = stages.scored("engines", candidates.engine_trials(cfg))
     result.float_score = next((s for s in engines if s.label == candidates.FLOAT), None)
+    if why := at_chance(cfg, stages.store, result.float_score, classes):
+        raise SlimlabError(why)
     best = halving.answer(result.final(), result.float_score, cfg)
-    first = "no trial finished (slimlab runs --status failed)" if not result.final() else "nothing keeps the budget"
+    first = ("no trial finished (slimlab runs --status failed)" if not result.final() else
+             "the float model as it is (no int8 keeps the budget yet)" if result.float_score else "nothing keeps the budget")
     say(f"explore {cfg.name}: first answer after {result.finished['engines']:.0f} s: "
         + (f"{best.label} ({best.change:+.2f} points)" if best else first))
     if stages.out_of_time():
@@ -151,10 +172,10 @@ def explore(cfg: ExploreConfig, store: Store, out: Path, executor: str = "local"
     # Latency timed alone at the end of each stage, from the saved file: no float baselines compiled in every trial.
     options = replace(options or ExecOptions(progress=False), defer_latency=True)
     cfg = sized(cfg)
-    layers, normalize = model_layers(cfg)
+    layers, normalize, classes = model_layers(cfg)
     result = Explored(layers)
     stages = Stages(cfg, store, executor, options, result)
-    search(stages, layers, say)
+    search(stages, layers, say, classes)
     if result.table:
         outputs.write_sensitivity(out, result.table)
     if result.stopped:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 from slimlab.explore.config import ExploreConfig
@@ -12,9 +13,23 @@ from slimlab.store import RunRecord
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-def weighted_layers(model: nn.Module) -> list[str]:
-    """The conv and linear layers, in registration order: the units sensitivity is measured on."""
-    return [name for name, m in model.named_modules() if isinstance(m, _WEIGHTED)]
+def weighted_layers(model: nn.Module, example: torch.Tensor | None = None) -> list[str]:
+    """The conv and linear layers, the units sensitivity is measured on: in the order `example`'s forward pass first
+    calls them, so that the last is the classifier wherever the model defines it (layers it never calls, whose weights
+    a parent reads itself, before it); in registration order without an example."""
+    names = [name for name, m in model.named_modules() if isinstance(m, _WEIGHTED)]
+    if example is None:
+        return names
+    called: list[str] = []
+    modules = dict(model.named_modules())
+    hooks = [modules[n].register_forward_hook(lambda *_a, n=n: called.append(n) if n not in called else None) for n in names]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return called[:-1] + [n for n in names if n not in called] + called[-1:]
 
 
 def settings(cfg: ExploreConfig) -> list[str]:
@@ -101,7 +116,14 @@ def format_table(cfg: ExploreConfig, rows: list[dict]) -> str:
     by_int8 = ranked(rows, int8_harm)
     pruned = [r for r in rows[:-1] if not math.isinf(prune_harm(r, cfg))]
     by_prune = ranked(pruned, lambda r: prune_harm(r, cfg))
-    lines.append(f"Most sensitive to int8: {', '.join(by_int8[:3])}; least: {', '.join(by_int8[-3:][::-1])}")
+    lines.append(_extremes("int8", by_int8))
     if by_prune:
-        lines.append(f"Most sensitive to pruning: {', '.join(by_prune[:3])}; least: {', '.join(by_prune[-3:][::-1])}")
+        lines.append(_extremes("pruning", by_prune))
     return "\n".join(lines)
+
+
+def _extremes(what: str, order: list[str], shown: int = 3) -> str:
+    """'Most sensitive to int8: a, b, c; least: e, d': at most `shown` each, no layer in both lists."""
+    most = order[:min(shown, (len(order) + 1) // 2)]
+    least = order[len(most):][-shown:][::-1]
+    return f"Most sensitive to {what}: {', '.join(most)}" + (f"; least: {', '.join(least)}" if least else "")

@@ -46,7 +46,8 @@ def data_section(cfg: ExploreConfig, test_subset: int | None = None) -> dict:
     """The run's data: the validation split of the user's dataset served as its test split (slimlab/data/heldout.py);
     the int8 candidates calibrate on `calibration_size` further training images."""
     inner = user_data(cfg)
-    section = {"name": "heldout", "val_size": cfg.calibration_size, "test_subset": test_subset,
+    whole = test_subset is None or (cfg.val_size is not None and test_subset >= cfg.val_size)  # then one run id for both
+    section = {"name": "heldout", "val_size": cfg.calibration_size, "test_subset": None if whole else test_subset,
                "options": {"of": inner["name"], "val_size": cfg.val_size, "options": inner["options"]}}
     return {**section, "path": inner["path"]} if "path" in inner else section
 

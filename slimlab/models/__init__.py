@@ -6,6 +6,7 @@ import importlib
 import inspect
 import os
 import sys
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -60,10 +61,16 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"model.weights: checkpoint {path} does not exist")
+    fix = "save one with torch.save(model.state_dict(), PATH) (it is loaded weights-only, so that it cannot run code)"
+    if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist()):
+        raise ConfigError(f"model.weights: {path} is a TorchScript archive, not a state dict; {fix}")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types
-        raise ConfigError(f"model.weights: {path} is not a plain state-dict checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+    except Exception as exc:  # unpickling errors come in many types; torch's own message advises weights_only=False
+        what = "a pickle of more than tensors (a whole model?)" if "Weights only load failed" in str(exc) else "not a torch checkpoint"
+        raise ConfigError(f"model.weights: {path} is {what}, not a state dict; {fix}") from None
+    if not isinstance(blob, dict):
+        raise ConfigError(f"model.weights: {path} holds a {type(blob).__name__}, not a state dict; save torch.save(model.state_dict(), PATH)")
     for key in ("model", "state_dict", "model_state"):
         if isinstance(blob, dict) and isinstance(blob.get(key), dict):
             blob = blob[key]

@@ -89,7 +89,21 @@ def prune_torch_pruning_(model: nn.Module, amount: float, example: torch.Tensor,
                            f"{(str(exc).splitlines() or [''])[0][:200]}") from exc
     for m in heads:  # Torch-Pruning slices the projections; the module's own bookkeeping follows them
         m.head_dim = m.embed_dim // m.num_heads
+    _check_forward(model, example)
     return [(n, before[n], _width(m)) for m, n in names.items() if n in before and _width(m) != before[n]]
+
+
+def _check_forward(model: nn.Module, example: torch.Tensor) -> None:
+    """Torch-Pruning can return a model whose forward fails (a reshape to a width read from the code, not the tensor):
+    refused in one line, so that `auto` keeps the own tracer's result."""
+    try:
+        with torch.no_grad():
+            out = model.eval()(example)
+    except Exception as exc:  # noqa: BLE001  (whatever the user's forward raises)
+        raise SlimlabError(f"Torch-Pruning left {type(model).__name__} unable to run ({type(exc).__name__}: "
+                           f"{(str(exc).splitlines() or [''])[0][:160]}): a width it cannot see in the graph") from None
+    if not isinstance(out, torch.Tensor) or out.shape[0] != example.shape[0]:
+        raise SlimlabError(f"Torch-Pruning left {type(model).__name__} giving {type(out).__name__} of the wrong shape")
 
 
 def _run_pruner(tp, model, example, importance, amount, scope, ignored, heads, round_to) -> None:

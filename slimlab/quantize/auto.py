@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from slimlab.errors import SlimlabError
+from slimlab.quantize import coverage
 from slimlab.quantize.configs import StaticConfig
 from slimlab.quantize.engines import register_engine
 from slimlab.quantize.error import compare_logits
@@ -27,10 +28,16 @@ def _batch(images: torch.Tensor, size: int) -> torch.Tensor:
     return images[torch.arange(size) % len(images)]
 
 
+COVERAGE_SLACK = 0.05  # engines within this share of int8 weights of the most complete one set the SQNR bar
+
+
 def choose(candidates: dict[str, dict], tolerance_db: float) -> str:
     """The fastest engine among those whose SQNR is within `tolerance_db` of the best: the one whose worst ratio to the
-    fastest latency at any batch size is lowest."""
-    best_sqnr = max(c["sqnr_db"] for c in candidates.values())
+    fastest latency at any batch size is lowest. The best SQNR is that of the engines that left no more weights float
+    than the most complete one (by COVERAGE_SLACK): a layer left float raises the SQNR, so an engine that quantized a
+    tenth of the weights would otherwise set a bar the engines that quantized all of them cannot meet."""
+    most = max(c.get("int8_fraction", 1.0) for c in candidates.values())
+    best_sqnr = max(c["sqnr_db"] for c in candidates.values() if c.get("int8_fraction", 1.0) >= most - COVERAGE_SLACK)
     accurate = {n: c for n, c in candidates.items() if c["sqnr_db"] >= best_sqnr - tolerance_db}
     sizes = next(iter(candidates.values()))["latency_ms"].keys()
     fastest = {b: min(c["latency_ms"][b] for c in accurate.values()) for b in sizes}
@@ -57,8 +64,11 @@ def quantize_auto(model: nn.Module, config: StaticConfig, calibration: Sequence[
             failed[name] = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
             continue
         models[name] = quantized
+        rows = coverage.per_module(coverage.layer_coverage(quantized), float_model)
+        int8 = sum(r["weights"] for r in rows if r["weight_dtype"] not in coverage.FLOAT_DTYPES)
         figures[name] = {"sqnr_db": error["sqnr_db"] if math.isfinite(error["sqnr_db"]) else 999.0,
-                         "top1_agreement": error["top1_agreement"], "latency_ms": latency}
+                         "top1_agreement": error["top1_agreement"], "latency_ms": latency,
+                         "int8_fraction": int8 / (sum(r["weights"] for r in rows) or 1)}
     if not figures:
         raise SlimlabError("engine auto: no int8 engine could quantize this model: "
                            + "; ".join(f"{n}: {why}" for n, why in failed.items()))

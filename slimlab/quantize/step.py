@@ -91,10 +91,11 @@ def _float_baselines(float_model: nn.Module, context: StepContext) -> None:
 
 
 def _describe_selection(selection: dict) -> str:
-    parts = [f"{name}: sqnr {c['sqnr_db']:.1f} dB, " + ", ".join(f"b{b} {ms:.2f} ms" for b, ms in c["latency_ms"].items())
-             for name, c in selection["candidates"].items()]
+    parts = [f"{name}: sqnr {c['sqnr_db']:.1f} dB, " + (f"{c['int8_fraction']:.0%} of weights int8, " if "int8_fraction" in c else "")
+             + ", ".join(f"b{b} {ms:.2f} ms" for b, ms in c["latency_ms"].items()) for name, c in selection["candidates"].items()]
     return (f"engine auto chose {selection['chosen']}: the fastest (worst ratio to the fastest at any batch size) of the "
-            f"engines within {selection['tolerance_db']} dB of the best logit SQNR on the calibration images; " + "; ".join(parts))
+            f"engines within {selection['tolerance_db']} dB of the best logit SQNR on the calibration images among the "
+            "engines that quantized the most weights; " + "; ".join(parts))
 
 
 def _calibration(cfg: QuantizeStepConfig, context: StepContext) -> list[torch.Tensor]:
