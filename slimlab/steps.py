@@ -107,7 +107,7 @@ def _load_builtin() -> None:
     # Step modules register themselves on import; absent packages simply add no steps.
     import importlib
 
-    for name in ("slimlab.quantize", "slimlab.prune"):
+    for name in ("slimlab.quantize.step", "slimlab.prune.step"):
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -25,16 +25,26 @@ def test_the_run_id_ignores_names_and_search_paths_but_not_the_device():
     assert config_hash(amp_off, "cuda") != config_hash(base, "cuda")  # a different precision on the GPU
 
 
-def test_the_run_id_is_the_same_on_a_cpu_with_native_bf16_and_one_without(monkeypatch):
-    """A login node without AVX512-BF16 plans the id a compute node with it records: the host is never probed."""
-    import slimlab.train
+def test_the_run_id_is_the_same_on_a_cpu_with_native_bf16_and_one_without(monkeypatch, tmp_path):
+    """A login node without AVX512-BF16 plans the id a compute node with it records: the host is never probed. The
+    probe is replaced wherever slimlab holds it (its module and every module that imported the name), and the ids are
+    those a study's plan computes."""
+    import sys
+
+    import slimlab.cpu_features  # noqa: F401  (loaded, so that their bindings of the probe are replaced too)
+    import slimlab.train  # noqa: F401
+    from slimlab.plan import load_study, plan_stages
 
     config = build_config({"train": {"cpu_bf16": True}})
+    study = tmp_path / "s.yaml"
+    study.write_text("name: bf16\nset:\n  train: {cpu_bf16: true, device: cpu}\ngrid:\n  seed: [0, 1]\n")
     ids = set()
     for native in (True, False):
-        monkeypatch.setattr(slimlab.train, "cpu_has_native_bf16", lambda native=native: native)
-        ids.add((config_hash(config, "cpu"), training_hash(config, "cpu")))
-    assert len(ids) == 1
+        for module in [m for name, m in list(sys.modules.items()) if name.startswith("slimlab") and hasattr(m, "cpu_has_native_bf16")]:
+            monkeypatch.setattr(module, "cpu_has_native_bf16", lambda native=native: native)
+        planned = tuple(sorted(stage.id for stage in plan_stages(load_study(study)).runs) + [t.key for t in plan_stages(load_study(study)).trainings])
+        ids.add((config_hash(config, "cpu"), training_hash(config, "cpu"), planned))
+    assert len(ids) == 1 and len(next(iter(ids))[2]) == 4  # two runs, two trainings
     assert config_hash(config, "cpu") != config_hash(build_config({}), "cpu")  # asking for bf16 is still another run
 
 

@@ -16,7 +16,7 @@ from slimlab.config import build_config
 from slimlab.display import record_lines
 from slimlab.errors import SlimlabError
 from slimlab.quantize import DynamicConfig, quantize_dynamic_
-from slimlab.quantize.coverage import explain, layer_coverage, refuse_no_op, summary
+from slimlab.quantize.coverage import explain, layer_coverage, per_module, refuse_no_op, summary
 
 
 def _run(store_dir, steps):
@@ -70,7 +70,7 @@ def test_dynamic_quantization_of_attention_keeps_read_projections_float_and_says
     assert torch.allclose(quantized(x), expected, atol=0.05)  # before: AttributeError / TypeError inside attention
     rows = explain(layer_coverage(quantized), Attention(), "dynamic", known_reasons=quantized.slimlab_float_reasons)
     why = {r["name"]: r["reason"] for r in rows}
-    assert why["head"] == "" and "never called" in why["qkv"] and "MultiheadAttention" in why["mha.out_proj"]
+    assert why["head"] == "" and "never called" in why["qkv"] and "torch's attention" in why["mha.out_proj"]
     assert summary(rows).startswith("1 of 3 layers int8; 2 float: 1 unsupported op (")
 
 
@@ -102,8 +102,8 @@ def test_every_engine_counts_the_same_layers_of_an_attention_model_with_a_shared
             {"name": "mha.out_proj", "type": "Linear", "weight_dtype": "float32", "weights": 64}]
     rows = explain(per_module(rows, model), model, "static", engine="x86")
     assert rows[-1] == {"name": "mha.in_proj", "type": "MultiheadAttention", "weight_dtype": "float32", "weights": 192,
-                        "reason": "unsupported op (nn.MultiheadAttention reads this projection's weight itself)"}
-    assert summary(rows) == "1 of 3 layers int8; 2 float: 2 unsupported op (nn.MultiheadAttention reads this projection's weight itself)"
+                        "reason": "unsupported op (torch's attention reads this projection's weight itself)"}
+    assert summary(rows) == "1 of 3 layers int8; 2 float: 2 unsupported op (torch's attention reads this projection's weight itself)"
 
 
 class ShapeScaledAttention(nn.Module):
@@ -161,6 +161,19 @@ def test_a_layer_pattern_that_names_no_module_is_one_line_before_any_record(tmp_
         key = "skip" if "skip" in step else "include"
         assert f"steps[0].{key}: pattern '{step[key][-1]}' matches no module of CifarResNet (its modules: conv1, bn1," in capsys.readouterr().err
     assert not (tmp_path / "s" / "runs").exists()
+
+
+def test_dynamic_quantization_of_a_transformer_encoder_keeps_the_layers_it_reads_float():
+    """Issue 24 from outside: nn.TransformerEncoderLayer's fast-path check reads linear1.weight; swapped, it raised
+    AttributeError: 'function' object has no attribute 'device'."""
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True), 2)
+    model = nn.Sequential(encoder, nn.Flatten(), nn.Linear(16 * 5, 3)).eval()
+    x = torch.randn(2, 5, 16)
+    expected = model(x)
+    quantized = quantize_dynamic_(model, DynamicConfig(), example=x)
+    assert torch.allclose(quantized(x), expected, atol=0.05)
+    rows = explain(per_module(layer_coverage(quantized), model), model, "dynamic", known_reasons=quantized.slimlab_float_reasons)
+    assert summary(rows) == "1 of 9 layers int8; 8 float: 8 unsupported op (torch's attention reads this projection's weight itself)"
 
 
 def test_refuse_no_op_names_the_first_layer():

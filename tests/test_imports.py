@@ -4,8 +4,9 @@ Which imports count (docs/architecture.md says the same):
 - module-level imports: they run when a module is imported, so a circle of them is a module used half-initialized.
   Importing `a.b.c` also runs the packages `a` and `a.b` first, unless the importer sits inside them (they are then
   already being initialized), so those count too;
-- imports inside functions, by the module they name, and `importlib.import_module("a.b")` with a literal name: they run
-  later, but a circle of them still means a module below needs one above (config asking train for the bf16 probe);
+- imports inside functions, by the module they name and the packages above it (they run first, the same way), and
+  `importlib.import_module("a.b")` with a literal name: they run later, but a circle of them still means a module
+  below needs one above (config asking train for the bf16 probe);
 - not counted: imports under TYPE_CHECKING (they never run; tests/test_house.py still checks their direction), and an
   import inside a function between a package and its own modules: a registry reading its built-in files on first
   lookup, when both are initialized (slimlab/models/__init__.py, slimlab/quantize/engines.py).
@@ -77,12 +78,10 @@ def import_graph(files: dict[str, Path]) -> dict[str, set[str]]:
     for name, path in files.items():
         edges = set()
         for target, where in imports_of(ast.parse(path.read_text(), str(path)), modules):
-            if where == "module":
-                parts = target.split(".")
-                edges |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)
-                          if not _inside(name, ".".join(parts[:i]))} | {target}
-            elif not (_inside(name, target) or _inside(target, name)):  # a registry loading its own built-ins
-                edges.add(target)
+            if where == "function" and (_inside(name, target) or _inside(target, name)):
+                continue  # a registry loading its own built-ins
+            parts = target.split(".")  # the packages above the target run first, wherever the import sits
+            edges |= {".".join(parts[:i]) for i in range(1, len(parts) + 1) if not _inside(name, ".".join(parts[:i]))} | {target}
         graph[name] = edges - {name}
     return graph
 
@@ -171,7 +170,9 @@ for name in sys.argv[1:]:
             print(f"{name}: {traceback.format_exc().strip().splitlines()[-1]}", flush=True)
             os._exit(1)
         os._exit(0)
-    os.waitpid(pid, 0)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) not in (0, 1):  # 1: reported above; a signal or other exit is a failure too
+        print(f"{name}: exited with {os.waitstatus_to_exitcode(status)}", flush=True)
 """
 
 

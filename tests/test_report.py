@@ -277,6 +277,17 @@ def test_a_latency_timed_under_load_is_left_out_of_the_mean_and_counted():
 
     assert latency_cell([run(0.723, False), run(0.731, False), run(7.44, True)], 16) == "0.727 ± 0.00566 (n=2) (1 noisy left out)"
     assert latency_cell([run(7.44, True)], 16) == "7.44 (all 1 noisy)"
+    # the figure's point and recommend's ranking average the same runs as the table (they averaged all three, 4.08)
+    from slimlab.report.figures import _points
+    from slimlab.report.metrics import latency_metric
+    from slimlab.report.recommend import _candidate
+
+    replicates = [run(0.723, False), run(0.731, False), run(7.44, True)]
+    for r in replicates:
+        r.record.metrics["top1"] = 90.0
+    points, _ = _points({"int8": replicates}, latency_metric(16), lambda r: True)
+    assert points[0].x == pytest.approx(0.727) and points[0].flag == ""
+    assert _candidate("int8", replicates, latency_metric(16)).value == pytest.approx(0.727)
 
 
 def test_recommend_never_ranks_a_gpu_latency_against_a_cpu_one(tmp_path):

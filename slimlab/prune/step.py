@@ -22,6 +22,7 @@ from slimlab.prune.methods import PruneContext
 from slimlab.prune.structured import prune_structured_
 from slimlab.prune.unstructured import (Masks, MaskKeeper, apply_masks_, current_masks, layer_sparsity, mask_sparsity,
                                         prune_unstructured_)
+from slimlab.steps import register_step
 from slimlab.train import evaluate, train
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ REINIT_SEED_OFFSET = 7919  # the reinit control draws weights from another seed 
 RANDOM_SEED_OFFSET = 104729  # random masks, so they differ from the weight initialization's draws
 
 
+@register_step("prune", PruneStepConfig)
 def apply_prune(model: nn.Module, cfg: PruneStepConfig, context: StepContext) -> nn.Module:
     """Prune `model` as `cfg` says, retraining between rounds; metrics, notes and artifacts go into `context`."""
     example = context.example(1, context.data.device)

@@ -1,20 +1,51 @@
-"""Quantization: one verb per method on a plain nn.Module, engines behind a registry, the `quantize` experiment step."""
-from slimlab.quantize import auto, onnx_runtime, pt2e, torch_engine  # noqa: F401  (engines register themselves)
-from slimlab.quantize.configs import DynamicConfig, QATConfig, StaticConfig
-from slimlab.quantize.dynamic import quantize_dynamic_
-from slimlab.quantize.engines import engine_names, get_engine, register_engine
-from slimlab.quantize.error import compare_logits, layer_table, logit_error
-from slimlab.quantize.onnx_runtime import OnnxRuntimeModule, quantize_onnxruntime
-from slimlab.quantize.pt2e import PT2EModule, load_program
-from slimlab.quantize.qat import QATSchedule, convert_qat, convert_qat_, prepare_qat, prepare_qat_
-from slimlab.quantize.reduced_float import to_reduced_float
-from slimlab.quantize.static import quantize_static, quantize_static_
-from slimlab.quantize.step import QuantizeStepConfig, apply_quantize
-from slimlab.steps import register_step
+"""Quantization: one verb per method on a plain nn.Module, engines behind a registry (slimlab/quantize/engines.py),
+the `quantize` experiment step (registered by slimlab/quantize/step.py)."""
+from __future__ import annotations
 
-register_step("quantize", QuantizeStepConfig)(apply_quantize)
+import importlib
 
+# The public API: each name and the module that defines it.
+_API = {
+    "DynamicConfig": "slimlab.quantize.configs",
+    "QATConfig": "slimlab.quantize.configs",
+    "StaticConfig": "slimlab.quantize.configs",
+    "quantize_dynamic_": "slimlab.quantize.dynamic",
+    "engine_names": "slimlab.quantize.engines",
+    "get_engine": "slimlab.quantize.engines",
+    "register_engine": "slimlab.quantize.engines",
+    "compare_logits": "slimlab.quantize.error",
+    "layer_table": "slimlab.quantize.error",
+    "logit_error": "slimlab.quantize.error",
+    "OnnxRuntimeModule": "slimlab.quantize.onnx_runtime",
+    "quantize_onnxruntime": "slimlab.quantize.onnx_runtime",
+    "PT2EModule": "slimlab.quantize.pt2e",
+    "load_program": "slimlab.quantize.pt2e",
+    "QATSchedule": "slimlab.quantize.qat",
+    "convert_qat": "slimlab.quantize.qat",
+    "convert_qat_": "slimlab.quantize.qat",
+    "prepare_qat": "slimlab.quantize.qat",
+    "prepare_qat_": "slimlab.quantize.qat",
+    "to_reduced_float": "slimlab.quantize.reduced_float",
+    "quantize_static": "slimlab.quantize.static",
+    "quantize_static_": "slimlab.quantize.static",
+    "QuantizeStepConfig": "slimlab.quantize.step_config",
+    "apply_quantize": "slimlab.quantize.step",
+}
 __all__ = ["DynamicConfig", "QATConfig", "StaticConfig", "quantize_dynamic_", "quantize_static", "prepare_qat", "convert_qat",
            "quantize_static_", "prepare_qat_", "convert_qat_", "PT2EModule", "load_program",
            "QATSchedule", "to_reduced_float", "quantize_onnxruntime", "OnnxRuntimeModule", "register_engine", "get_engine",
            "engine_names", "compare_logits", "layer_table", "logit_error", "QuantizeStepConfig"]
+
+
+def __getattr__(name: str):
+    """The API names resolve on first use (PEP 562), so that importing one module of this package (its config classes,
+    when slimlab.config validates a step) initializes nothing else: no import circle with slimlab.config."""
+    if name not in _API:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})

@@ -70,7 +70,7 @@ def explain(rows: list[dict], float_model: nn.Module | None, method: str, user_s
         elif row["name"] in known:
             row["reason"] = known[row["name"]]
         elif row["name"] in attention or row["type"] == "MultiheadAttention":
-            row["reason"] = "unsupported op (nn.MultiheadAttention reads this projection's weight itself)"
+            row["reason"] = "unsupported op (torch's attention reads this projection's weight itself)"
         elif method == "dynamic" and "Conv" in types.get(row["name"], row["type"]):
             row["reason"] = "no dynamic kernel"
         else:

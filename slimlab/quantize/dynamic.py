@@ -16,11 +16,11 @@ DYNAMIC_LAYERS = (nn.Linear, nn.LSTM, nn.GRU, nn.RNNCell, nn.LSTMCell, nn.GRUCel
 def quantize_dynamic_(model: nn.Module, config: DynamicConfig, example: torch.Tensor | None = None) -> nn.Module:
     """Swap every supported layer not skipped for its dynamic-quantized version, in place; returns the model.
 
-    The output projections of nn.MultiheadAttention stay float: attention reads their weight tensors directly, and a
-    swapped one broke it (AttributeError on ViT). Given an `example` input, so do layers whose forward never runs (their
+    The output projections of nn.MultiheadAttention and the Linear layers of nn.TransformerEncoderLayer/DecoderLayer
+    stay float: those modules read the weight tensors directly, and a swapped one broke them (AttributeError on ViT). Given an `example` input, so do layers whose forward never runs (their
     parent reads the weight, as Swin's attention does). Why each stays float is on `model.slimlab_float_reasons`."""
     model = model.cpu().eval()
-    reasons = {n: "unsupported op (nn.MultiheadAttention reads this projection's weight itself)" for n in attention_projections(model)}
+    reasons = {n: "unsupported op (torch's attention reads this projection's weight itself)" for n in attention_projections(model)}
     if example is not None:
         reasons.update({n: "unsupported op (its parent reads the weight; the module is never called)"
                         for n in uncalled_layers(model, example.cpu(), DYNAMIC_LAYERS) if n not in reasons})

@@ -25,20 +25,29 @@ def register_engine(*names: str):
     return wrap
 
 
+def _load_builtin() -> None:
+    """The built-in engines' modules, which register themselves on import (their compiled dependencies load then)."""
+    import importlib
+
+    for name in ("torch_engine", "pt2e", "onnx_runtime", "auto"):
+        importlib.import_module(f"slimlab.quantize.{name}")
+
+
 def engine_names() -> list[str]:
     """Registered engine names."""
+    _load_builtin()
     return sorted(_ENGINES)
 
 
 def engine_docs() -> dict[str, str]:
     """Engine names with the first line of their function's docstring, for listings."""
-    import slimlab.quantize  # noqa: F401  (its modules register the engines)
-
+    _load_builtin()
     return {name: ((_ENGINES[name].__doc__ or "").strip().splitlines() or [""])[0] for name in engine_names()}
 
 
 def get_engine(name: str) -> Engine:
     """The engine registered as `name`; a ConfigError lists the known ones otherwise."""
+    _load_builtin()
     if name not in _ENGINES:
         raise ConfigError(f"unknown quantization engine {name!r}; registered: {', '.join(engine_names())}")
     return _ENGINES[name]

@@ -66,10 +66,16 @@ def weighted_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
+WEIGHT_READERS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
 def attention_projections(model: nn.Module) -> list[str]:
-    """Linear layers inside nn.MultiheadAttention: it reads their weight tensors itself, so no engine can swap them."""
-    return [f"{name}.{child}" if name else child for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
-            for child, sub in m.named_children() if isinstance(sub, nn.Linear)]
+    """Linear layers whose weight tensors torch's attention modules read themselves (nn.MultiheadAttention's output
+    projection; every Linear of nn.TransformerEncoderLayer and DecoderLayer, whose fast-path check reads them), so a
+    module swap breaks them."""
+    found = [f"{name}.{child}" if name else child for name, m in model.named_modules() if isinstance(m, WEIGHT_READERS)
+             for child, sub in m.named_modules() if child and isinstance(sub, nn.Linear)]
+    return list(dict.fromkeys(found))
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ from slimlab.quantize.reduced_float import to_reduced_float
 from slimlab.quantize.static import quantize_static
 from slimlab.quantize.step_config import QuantizeStepConfig
 from slimlab.quantize.torch_engine import float_reference, graph_mode, runs_or_refuse
+from slimlab.steps import register_step
 from slimlab.train import fine_tuning_overrides, peak_rates, train
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 CPU = torch.device("cpu")
 
 
+@register_step("quantize", QuantizeStepConfig)
 def apply_quantize(model: nn.Module, cfg: QuantizeStepConfig, context: StepContext) -> nn.Module:
     """Quantize the trained model (on the CPU), then report its error against the float model and its layers."""
     started = time.perf_counter()

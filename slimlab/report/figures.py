@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from slimlab.errors import ConfigError
-from slimlab.report.metrics import (METRICS, Metric, batch_sizes, dataset_of, device_of, joined, latency_metric,
+from slimlab.report.metrics import (METRICS, Metric, averaged, batch_sizes, dataset_of, device_of, joined, latency_metric,
                                     latency_state, mean_std, sample_size, shortfall, values_of)
 from slimlab.report.study import Study, StudyRun
 
@@ -194,7 +194,7 @@ def _points(groups: dict[str, list[StudyRun]], x: Metric, usable) -> tuple[list[
     points, left_out = [], []
     for label, runs in groups.items():
         chosen = [r for r in runs if r.status == "done" and usable(r)]
-        measured = [r for r in chosen if x.read(r.metrics) is not None and TOP1.read(r.metrics) is not None]
+        measured = averaged([r for r in chosen if x.read(r.metrics) is not None and TOP1.read(r.metrics) is not None], x)
         if measured:
             y, std = mean_std(values_of(measured, TOP1))
             flag = _flag(measured) if x.key.startswith("latency") else ""

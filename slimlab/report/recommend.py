@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from slimlab.report.metrics import METRICS, Metric, device_of, joined, mean_std, metric, sample_size, values_of
+from slimlab.report.metrics import METRICS, Metric, averaged, device_of, joined, mean_std, metric, sample_size, values_of
 from slimlab.report.study import StudyRun
 from slimlab.report.tables import fmt
 
@@ -74,7 +74,8 @@ def _candidate(group: str, runs: list[StudyRun], objective: Metric) -> Candidate
     done = [r for r in runs if r.status == "done"]
     change, change_std = mean_std([accuracy_change(r) for r in done])
     top1, top1_std = mean_std(values_of(done, METRICS["top1"]))
-    return Candidate(group, done, mean_std(values_of(done, objective))[0], top1, top1_std, change - (change_std or 0.0),
+    timed = averaged(done, objective)  # a latency timed under load is not averaged with those timed alone
+    return Candidate(group, done, mean_std(values_of(timed, objective))[0], top1, top1_std, change - (change_std or 0.0),
                      sample_size(runs, len(done)))
 
 

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Sequence
 
-from slimlab.report.metrics import (METRICS, Metric, batch_sizes, dataset_of, device_of, joined, latency_batches,
+from slimlab.report.metrics import (METRICS, Metric, averaged, batch_sizes, dataset_of, device_of, joined, latency_batches,
                                     latency_metric, latency_state, mean_std, sample_size, values_of)
 from slimlab.report.study import Study, StudyRun, flatten
 from slimlab.store import RunRecord
@@ -60,9 +60,9 @@ def latency_cell(runs: list[StudyRun], batch: int) -> str:
     states = [latency_state(r, batch) for r in runs]
     clean = [r for r, s in zip(runs, states) if s == "measured"]
     noisy = [r for r, s in zip(runs, states) if s == "noisy"]
-    # A figure timed under load is never averaged with clean ones (7.44 ms beside 0.72 ms made "4.08 ± 4.75"): it is
-    # left out and counted; only when no clean figure exists are the noisy ones shown, and said to be.
-    cell = spread(runs, latency_metric(batch), among=clean or noisy)
+    # A figure timed under load is never averaged with clean ones (metrics.averaged): it is left out and counted; only
+    # when no clean figure exists are the noisy ones shown, and said to be.
+    cell = spread(runs, latency_metric(batch), among=averaged(runs, latency_metric(batch)))
     flags = [f"{states.count('pending')} pending"] if "pending" in states else []
     if noisy:
         flags.append(f"{len(noisy)} noisy left out" if clean else f"all {len(noisy)} noisy")
