@@ -424,13 +424,22 @@ class SharedResults:
     reuse), kept with the parent's training files. A miss holds that result's lock until it is saved (or the block
     ends), so siblings that run at the same time wait for it and it is computed once."""
 
+    PARENT = "trained.pt"  # the parent's weights (run.TRAINED_WEIGHTS): a result made from other weights is stale
+
     def __init__(self, store: Store, training_key: str):
         self.store, self.key, self.held = store, training_key, {}
+
+    def _parent(self) -> str:
+        """The parent's weights file as written last (size and time): `--retrain` rewrites it, and what was derived
+        from the old weights (pruning rounds) must not be reused."""
+        path = self.store.training_dir(self.key) / self.PARENT
+        return f"{path.stat().st_size}:{path.stat().st_mtime_ns}" if path.exists() else ""
 
     def load(self, name: str):
         lock = contextlib.ExitStack()
         lock.enter_context(self.store.exclusive(f"shared-{self.key}-{name}", f"slimlab: waiting for a sibling run computing {name}"))
-        value = self.store.load_training_file(self.key, f"{name}.pt")
+        saved = self.store.load_training_file(self.key, f"{name}.pt")
+        value = saved["value"] if isinstance(saved, dict) and saved.get("parent") == self._parent() else None
         if value is None:
             self.held[name] = lock  # this run computes it; the others wait for save()
         else:
@@ -438,7 +447,7 @@ class SharedResults:
         return value
 
     def save(self, name: str, value) -> None:
-        self.store.save_training_file(self.key, f"{name}.pt", value)
+        self.store.save_training_file(self.key, f"{name}.pt", {"parent": self._parent(), "value": value})
         if name in self.held:
             self.held.pop(name).close()
 

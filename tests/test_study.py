@@ -275,6 +275,11 @@ def test_a_ticket_and_its_control_on_two_workers_train_each_shared_round_once(tm
     ticket, control = sorted(Store(tmp_path / "store").runs(), key=lambda r: r.name != "study:ticket")
     for r in (1, 2):
         assert control.metrics[f"round{r}_top1"] == ticket.metrics[f"round{r}_top1"]
+    # --retrain trains the parent again, and the rounds made from the old parent are not reused (issue 26 from outside:
+    # they were, so the records pointed at weights they were not made from): 1 + 2 + 2 epochs again, not 1 + 2
+    out = _cli("study", str(tmp_path / "study.yaml"), "--store", str(tmp_path / "store"), "--quiet", "--retrain")
+    assert out.returncode == 0, out.stderr
+    assert _trainings(counted) == 10
 
 
 def test_the_index_deleted_and_rebuilt_gives_the_same_runs_json(tmp_path, counted):
