@@ -214,22 +214,29 @@ def test_job_queries_failing_for_a_while_resubmit_nothing_and_lose_nothing(clust
     assert [j["kind"] for j in _manifest(store)["slurm_jobs"]] == ["train", "run", "latency"]  # nothing resubmitted
 
 
-def test_sbatch_refused_half_way_is_recorded_so_the_rerun_submits_only_what_is_missing(cluster_env, tmp_path, counted):
+@pytest.mark.parametrize("refused_call, kind", [(2, "run"), (3, "latency")])
+def test_sbatch_refused_half_way_is_recorded_so_the_rerun_submits_only_what_is_missing(cluster_env, tmp_path, counted,
+                                                                                       refused_call, kind):
     base = tiny_config(**{"train.epochs": 2, "model.name": "counted:build", "data.options": {"train_size": 256, "test_size": 64}})
     path = write_study(tmp_path, {"variants": {"a": {}, "b": {"measure": {"batch_sizes": [2]}}}}, base)
     store, wrappers, calls = tmp_path / "store", tmp_path / "bin", tmp_path / "sbatch_calls"
-    _wrap(wrappers, "sbatch", f'echo x >> {calls}; if [ "$(wc -l < {calls})" -eq 2 ]; then echo "sbatch: error: Batch job '
-          'submission failed: Job violates accounting/QOS policy (job submit limit)" >&2; exit 1; fi')
+    _wrap(wrappers, "sbatch", f'echo x >> {calls}; if [ "$(wc -l < {calls})" -eq {refused_call} ]; then echo "sbatch: error: '
+          'Batch job submission failed: Job violates accounting/QOS policy (job submit limit)" >&2; exit 1; fi')
     refused = subprocess.run([sys.executable, "-m", "slimlab", "study", str(path), "--store", str(store), "--executor", "slurm",
                               "--detach", "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=300,
                              env={**os.environ, "PATH": f"{wrappers}{os.pathsep}{os.environ['PATH']}"})
-    assert refused.returncode == 2 and "sbatch refused the run jobs" in refused.stderr, refused.stderr
-    assert [j["kind"] for j in _manifest(store)["slurm_jobs"]] == ["train"]  # the one sbatch took, recorded at once
+    assert refused.returncode == 2 and f"sbatch refused the {kind} jobs" in refused.stderr, refused.stderr
+    taken = ["train", "run", "latency"][:refused_call - 1]
+    assert [j["kind"] for j in _manifest(store)["slurm_jobs"]] == taken  # what sbatch took, recorded at once
     rerun = _study(str(path), "--store", str(store))
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert [j["kind"] for j in _manifest(store)["slurm_jobs"]] == ["train", "run", "latency"]  # the training not again
+    assert [j["kind"] for j in _manifest(store)["slurm_jobs"]] == ["train", "run", "latency"]  # nothing twice
     assert _trainings(counted) == 2
-    assert [(r.status, r.attempts) for r in Store(store).runs()] == [("done", 1), ("done", 1)]
+    records = Store(store).runs()
+    assert [(r.status, r.attempts) for r in records] == [("done", 1), ("done", 1)]
+    # a latency job refused while its runs were queued is submitted by the rerun (it waited for them and left the
+    # latencies pending before)
+    assert all(r.notes.get("latency_status") != "pending" and any(k.endswith("_median_ms") for k in r.metrics) for r in records)
 
 
 def test_force_and_retrain_on_slurm_run_done_runs_again(cluster_env, tmp_path, counted):

@@ -222,7 +222,12 @@ def submit_missing(plan: Plan, store: Store, settings: dict, earlier: list[dict]
     busy = active_refs(earlier)
     work = select_work(plan, store, force, retrain, busy)
     todo, trainings = work.runs, work.trainings
-    if not (todo or trainings or work.pending_latency):
+    labels = {s.id: s.planned.label for s in plan.runs}
+    # Runs still queued from an earlier call whose latency job was never submitted (sbatch refused it, or Ctrl-C came
+    # first): their latency is due once they end, or a rerun would wait for them and leave it pending.
+    timed = set(active_refs([j for j in earlier if j.get("kind") == "latency"])) if busy else set()
+    untimed = [i for i in busy if i in labels and i not in timed]
+    if not (todo or trainings or work.pending_latency or untimed):
         return []
     folder = store.root / "slurm" / plan.study.name
     jobs = submit([[training_task(t, plan, retrain)] for t in trainings], "train", folder, settings, store, [], remember=remember)
@@ -232,8 +237,7 @@ def submit_missing(plan: Plan, store: Store, settings: dict, earlier: list[dict]
         tasks = [run_task(s, plan, snapshots.get(s.training, frozenset()), True, force or retrain) for s in todo if s.training == parent]
         after = [parents[parent]] if parent in parents else []
         jobs += submit(_groups(tasks, int(settings["runs_per_task"])), "run", folder, settings, store, after, True, remember)
-    labels = {s.id: s.planned.label for s in plan.runs}
-    latency = [latency_task(i, labels[i]) for i in [s.id for s in todo] + work.pending_latency]
+    latency = [latency_task(i, labels[i]) for i in [s.id for s in todo] + work.pending_latency + untimed]
     after = [j["id"] for j in jobs] + sorted({ref.rsplit("_", 1)[0] for ref in busy.values()})
     return jobs + submit([latency], "latency", folder, settings, store, after, remember=remember)
 
