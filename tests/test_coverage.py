@@ -176,6 +176,30 @@ def test_dynamic_quantization_of_a_transformer_encoder_keeps_the_layers_it_reads
     assert summary(rows) == "1 of 9 layers int8; 8 float: 8 unsupported op (torch's attention reads this projection's weight itself)"
 
 
+class ConcatResidual(nn.Module):
+    """Two branches concatenated, then added to their input: every channel group is tied to the stem's."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32):
+        super().__init__()
+        self.stem, self.a, self.b = nn.Conv2d(in_channels, 32, 3, padding=1), nn.Conv2d(32, 16, 3, padding=1), nn.Conv2d(32, 16, 1)
+        self.head, self.fc = nn.Conv2d(32, 64, 1), nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1) + x
+        return self.fc(torch.relu(self.head(y)).mean((2, 3)))
+
+
+def test_structured_pruning_far_short_of_its_amount_says_so(store_dir):
+    """Issue 24 from outside: 50% of the channels asked, 15% of the parameters removed, and the run read as a success."""
+    config = tiny_config(steps=[{"kind": "prune", "method": "ln_structured", "amount": 0.5, "after_round": "none"}],
+                         **{"train.epochs": 0, "model.name": "tests.test_coverage:ConcatResidual"})
+    record = slimlab.run(build_config(config), store_dir, progress=False)
+    line = record.notes["coverage"][0]
+    left = record.metrics["prune_params_after"] / record.metrics["prune_params_before"]
+    assert left > 0.625 and f"SHORT of amount 0.5: {1 - left:.0%} of the parameters removed" in line, line
+
+
 def test_refuse_no_op_names_the_first_layer():
     rows = [{"name": "features.0", "type": "Conv2d", "weight_dtype": "float32", "reason": "no dynamic kernel"}]
     with pytest.raises(SlimlabError, match="left all 1 weighted layers float .*first: features.0 Conv2d"):

@@ -84,6 +84,10 @@ def _coverage(cfg: PruneStepConfig, context: StepContext, layers: dict, sparsity
         kept = ", ".join(f"{n} {why}" for why, n in groups.get("kept", {}).items())
         line = (f"prune ({cfg.method}, engine {layers.get('engine')}): {groups.get('pruned', 0)} channel groups pruned"
                 f"{'; kept whole: ' + kept if kept else ''}; parameters {after['params']:,} of {before['params']:,}")
+        full = 1 - (1 - cfg.amount) ** 2  # a layer losing a fraction of its inputs and of its outputs
+        if 0 < removed < full / 2:  # the stated tolerance: under half of what pruning every group would remove
+            line += (f"; SHORT of amount {cfg.amount:g}: {removed:.0%} of the parameters removed, where pruning every "
+                     f"channel group would remove about {full:.0%}")
     else:
         removed = sparsity
         per_layer = layers.get("layers", {})
