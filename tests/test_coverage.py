@@ -212,16 +212,22 @@ def test_the_report_has_a_coverage_table_per_variant(tmp_path):
     from slimlab.store import Store
 
     store, runs = Store(tmp_path / "store"), []
-    lines = {"float": [], "int8": ["quantize (static, x86): 6 of 8 layers int8; 2 float: 2 unsupported op (attention)"]}
+    lines = {"float": [], "int8": ["quantize (static, x86): 6 of 8 layers int8; 2 float: 2 unsupported op (attention)"], "ort": None}
     for variant, coverage in lines.items():
-        config = {"name": f"c:{variant}/seed=0", "seed": 0, "data": {"name": "synthetic"}, "model": {"name": "resnet20"}}
+        config = {"name": f"c:{variant}/seed=0", "seed": 0, "data": {"name": "synthetic"}, "model": {"name": "resnet20"},
+                  "steps": [{"kind": "quantize", "method": "onnxruntime"}] if coverage is None else []}
         store.start(variant, config, config["name"])
-        store.finish(variant, {"top1": 50.0}, {"coverage": coverage}, {"device": "cpu"}, [])
+        if coverage is None:  # a variant no seed finished is in the table with why (it was left out)
+            store.fail(variant, "RunFailed: run 1234 failed in slimlab/quantize/onnx_runtime.py: export failed\nmore")
+        else:
+            store.finish(variant, {"top1": 50.0}, {"coverage": coverage}, {"device": "cpu"}, [])
         runs.append({"id": variant, "label": f"{variant}/seed=0", "variant": variant, "point": {"seed": 0}, "training": None})
     (store.root / "studies").mkdir()
     (store.root / "studies" / "c.json").write_text(json.dumps({"name": "c", "source": "c.yaml", "updated": 0.0, "axes": ["seed"], "runs": runs}))
     study = load_study(store.root, "c")
-    assert coverage_table(study).rows == [["int8", "quantize (static, x86)", "6 of 8 layers int8; 2 float: 2 unsupported op (attention)"]]
+    assert coverage_table(study).rows == [["int8", "quantize (static, x86)", "6 of 8 layers int8; 2 float: 2 unsupported op (attention)"],
+                                          ["ort", "quantize (onnxruntime)", "failed (error): RunFailed: run 1234 failed in "
+                                           "slimlab/quantize/onnx_runtime.py: export failed"]]
     assert "coverage" in [t.key for t in build_tables(study)]
 
 

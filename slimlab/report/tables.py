@@ -107,6 +107,12 @@ def coverage_table(study: Study) -> Table:
         for line in (done.record.notes.get("coverage") or []) if done else []:
             step, _, what = line.partition(": ")
             rows.append([variant, step, what])
+        failed = next((r for r in runs if r.record and r.record.status == "failed"), None) if done is None else None
+        if failed is not None and failed.record.config.get("steps"):  # a variant no seed finished: why, not nothing
+            steps = ", ".join(f"{s.get('kind')} ({s.get('method', '')}{', ' + s['engine'] if s.get('engine') else ''})"
+                              for s in failed.record.config["steps"])
+            reason = ((failed.record.error or "").strip().splitlines() or ["no reason recorded"])[0][:300]
+            rows.append([variant, steps, f"failed ({failed.failure}): {reason}"])
     return Table("coverage", f"Coverage: {study.name}", ["variant", "step", "what it compressed, and what not and why"], rows)
 
 
