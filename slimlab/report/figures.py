@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from slimlab.errors import ConfigError
-from slimlab.report.metrics import (METRICS, Metric, averaged, batch_sizes, dataset_of, device_of, joined, latency_metric,
+from slimlab.report.metrics import (METRICS, Metric, averaged, batch_sizes, latency_noisy, dataset_of, device_of, joined, latency_metric,
                                     latency_state, mean_std, sample_size, shortfall, values_of)
 from slimlab.report.study import Study, StudyRun
 
@@ -208,7 +208,7 @@ def _points(groups: dict[str, list[StudyRun]], x: Metric, usable) -> tuple[list[
 
 
 def _flag(runs: list[StudyRun]) -> str:
-    return "noisy latency" if any(r.record.notes.get("latency_noisy") for r in runs) else ""
+    return "noisy latency" if any(latency_noisy(r.record) for r in runs) else ""
 
 
 def _label(p: Point) -> str:
@@ -302,7 +302,7 @@ def sparsity_chart(study: Study, references: list[dict]) -> Chart | Skipped:
         series.append(Series(name, [p.x for p in points], [p.y for p in points], mode="lines+markers",
                              error_y=[p.y_std for p in points], hover=[p.hover for p in points]))
         drawn += points
-    parent, _ = mean_std([r.metrics.get("float_top1") for r in pruned])
+    parent, _ = mean_std(values_of(pruned, METRICS["parent_top1"]))
     if parent == parent:  # NaN when no pruned run recorded its parent's accuracy
         series.append(Series(f"dense parent ({parent:.2f}%)", [0, 100], [parent, parent], mode="lines", dash="dash", color="black"))
     return Chart(key, title, subtitle(pruned), METRICS["sparsity"].label, accuracy_title(pruned),

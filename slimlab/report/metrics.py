@@ -47,6 +47,7 @@ def _top1_change(m: dict) -> float | None:
 METRICS = {
     "top1": Metric("top1", "Top-1 accuracy (%)", _scaled("top1", 1)),
     "top1_change": Metric("top1_change", "Top-1 change vs float parent (points)", _top1_change),
+    "parent_top1": Metric("parent_top1", "Float parent top-1 (%)", _scaled("float_top1", 1)),
     "size": Metric("size", "Size on disk (MB)", _scaled("model_size_bytes", 1e-6)),
     "payload": Metric("payload", "Weight payload, tensors as stored (MB)", _scaled("weight_payload_bytes", 1e-6)),
     "train_time": Metric("train_time", "Training time (s)", _scaled("total_train_seconds", 1)),
@@ -86,15 +87,30 @@ def batch_sizes(runs: list[StudyRun]) -> list[int]:
     return latency_batches((r.metrics for r in runs), (r.record.config for r in runs if r.record))
 
 
+def latency_pending(record) -> bool:
+    """A done run whose latency is left for the study's latency stage (timed alone, later)."""
+    return record.notes.get("latency_status") == "pending"
+
+
+def latency_noisy(record) -> bool:
+    """A run whose latencies were timed while the machine was busy with other work."""
+    return bool(record.notes.get("latency_noisy"))
+
+
 def latency_state(run: StudyRun, batch: int) -> str:
     """`measured`, `noisy`, `pending` (not yet timed) or `missing` (a run not done, or never timed)."""
     if run.status != "done":
         return "missing"
-    if run.record.notes.get("latency_status") == "pending":
+    if latency_pending(run.record):
         return "pending"
     if latency_key(batch) not in run.metrics:
         return "missing"
-    return "noisy" if run.record.notes.get("latency_noisy") else "measured"
+    return "noisy" if latency_noisy(run.record) else "measured"
+
+
+def per_device(m: Metric) -> bool:
+    """A latency or an inference energy: a figure of the device it was measured on, taken in the latency stage."""
+    return m.key.startswith(("latency_b", "energy_b"))
 
 
 def latency_batch(m: Metric) -> int | None:

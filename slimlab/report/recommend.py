@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from slimlab.report.metrics import METRICS, Metric, averaged, device_of, joined, mean_std, metric, sample_size, values_of
+from slimlab.report.metrics import METRICS, Metric, averaged, device_of, latency_noisy, latency_pending, per_device, joined, mean_std, metric, sample_size, values_of
 from slimlab.report.study import StudyRun
 from slimlab.report.tables import fmt
 
@@ -61,9 +61,9 @@ def _rejection(runs: list[StudyRun], objective: Metric) -> str | None:
         return joined(r.status for r in runs)
     if any(accuracy_change(r) is None for r in done):
         return "no float parent accuracy recorded"
-    if _per_device(objective) and any(r.record.notes.get("latency_status") == "pending" for r in done):
+    if per_device(objective) and any(latency_pending(r.record) for r in done):
         return "latency pending"
-    if _per_device(objective) and len({device_of(r) for r in done}) > 1:
+    if per_device(objective) and len({device_of(r) for r in done}) > 1:
         return f"replicates timed on different devices ({joined(device_of(r) for r in done)})"
     if len(values_of(done, objective)) < len(done):
         return f"no {objective.label}"
@@ -86,16 +86,11 @@ def _parent(run: StudyRun, runs: list[StudyRun]) -> StudyRun | None:
     return next((p for p in runs if p.status == "done" and not p.record.config.get("steps") and base(p) == base(run)), None)
 
 
-def _per_device(objective: Metric) -> bool:
-    """A latency or an inference energy: a figure of the device it was measured on, timed in the latency stage."""
-    return objective.key.startswith(("latency_b", "energy_b"))
-
-
 def _one_device(ranked: list[Candidate], rejected: list, objective: Metric) -> tuple[list[Candidate], list]:
     """Latencies (and inference energies) are ranked on one device only (the one most candidates were measured on): a
     GPU figure against a CPU one compares the machines, not the configurations. The others are named, with why."""
     devices = [device_of(c.runs[0]) for c in ranked]
-    if not _per_device(objective) or len(set(devices)) < 2:
+    if not per_device(objective) or len(set(devices)) < 2:
         return ranked, rejected
     kept = max(sorted(set(devices)), key=devices.count)
     what = objective.key.partition("_")[0]
@@ -164,7 +159,7 @@ def _why(rec: Recommendation) -> str:
     said = f"Why: of {len(rec.ranked)} configuration(s) within the budget it has the lowest {noun}"
     if runner:
         said += f"; the runner-up {runner.group} has {fmt(runner.value)} ({runner.value / best.value:.2f}x)" if best.value else ""
-    if any(r.record.notes.get("latency_noisy") for r in best.runs) and rec.objective.key.startswith("latency"):
+    if any(latency_noisy(r.record) for r in best.runs) and rec.objective.key.startswith("latency"):
         said += ". Its latency was flagged as noisy: measure it again before relying on the ranking"
     return said + "."
 

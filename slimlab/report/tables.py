@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Sequence
 
-from slimlab.report.metrics import (METRICS, Metric, averaged, batch_sizes, dataset_of, device_of, joined, latency_batches,
+from slimlab.report.metrics import (METRICS, Metric, averaged, batch_sizes, latency_noisy, latency_pending, dataset_of, device_of, joined, latency_batches,
                                     latency_metric, latency_state, mean_std, sample_size, values_of)
 from slimlab.report.study import Study, StudyRun, flatten
 from slimlab.store import RunRecord
@@ -230,12 +230,12 @@ def config_differences(configs: Sequence[dict], ignore: tuple[str, ...] = ("name
 def _latency(record: RunRecord, batch: int) -> str:
     if record.status != "done":
         return ""
-    if record.notes.get("latency_status") == "pending":
+    if latency_pending(record):
         return "pending"
     value = latency_metric(batch).read(record.metrics)
     if value is None:
         return ""
-    return f"{fmt(value)} (noisy)" if record.notes.get("latency_noisy") else fmt(value)
+    return f"{fmt(value)} (noisy)" if latency_noisy(record) else fmt(value)
 
 
 def _metric_row(key: str, records: Sequence[RunRecord]) -> list[str]:
