@@ -7,7 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from slimlab.report.metrics import METRICS, Metric, averaged, device_of, latency_noisy, latency_pending, per_device, joined, mean_std, metric, sample_size, values_of
+from slimlab.report.metrics import (METRICS, Metric, averaged, device_of, joined, latency_noisy, latency_pending, mean_std,
+                                    metric, per_device, sample_size, values_of)
 from slimlab.report.study import StudyRun
 from slimlab.report.tables import fmt
 
