@@ -41,8 +41,9 @@ class TrainingDiverged(RuntimeError):
 
 
 class Callback(Protocol):
-    """Optional hooks; a callback implements any subset of them. An extra also has `state_key` and `state_dict()`,
-    saved in each checkpoint, and `on_train_end`, which returns True when it changed the weights training ends on."""
+    """Optional hooks; a callback implements any subset of them. An extra (or any callback that keeps state) also has
+    `state_key` and `state_dict()`, saved in each checkpoint (a callback's `load_state_dict` gets it back on resume),
+    and `on_train_end`, which returns True when it changed the weights training ends on."""
 
     def on_epoch_start(self, epoch: int, model: nn.Module) -> None: ...
     def on_step_end(self, model: nn.Module) -> None: ...
@@ -178,6 +179,9 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
     # read the weights (an average), so they see each step's final weights.
     run = _Run(model, train_loader, optimizer, cfg, [*acting, *callbacks, *observing], base_lrs, steps_per_epoch,
                total_steps, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), training_precision(train_loader.device, cfg))
+    stateful = [x for x in run.callbacks if hasattr(x, "state_key")]  # extras, and callbacks that keep state (gradual pruning)
+    for callback in (c for c in callbacks if hasattr(c, "load_state_dict") and resume is not None and c.state_key in resume.extra):
+        callback.load_state_dict(resume.extra[callback.state_key])
     validating = val_loader is not None and len(val_loader.labels) > 0
     for epoch in range(start_epoch, cfg.epochs):
         record = _train_epoch(run, epoch, progress, desc)
@@ -191,7 +195,7 @@ def train(model: nn.Module, train_loader: DeviceLoader, cfg: TrainConfig, *, val
             val_text = f", val {record['val_top1']:.2f}%" if "val_top1" in record else ""
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f}, train {record['train_top1']:.2f}%{val_text}, {record['seconds']:.0f}s")
         if save_checkpoint is not None:
-            states = {extra.state_key: extra.state_dict() for extra in (*acting, *observing)}
+            states = {x.state_key: x.state_dict() for x in stateful}
             save_checkpoint(TrainState(model.state_dict(), optimizer.state_dict(), epoch + 1, history, states))
     changed = [hook(model) for hook in _hooks(run.callbacks, "on_train_end")]  # each runs: a list, not any()
     # The last epoch's validation saw other weights than those training ends on: validate those too.

@@ -287,6 +287,27 @@ def test_a_run_killed_inside_a_pruning_round_or_qat_resumes_inside_it(tmp_path, 
         assert json.loads(out)["metrics"][key] == json.loads(out2)["metrics"][key], key
 
 
+def test_a_run_killed_inside_a_gradual_pruning_phase_resumes_inside_it_on_schedule(tmp_path, counted):
+    """Issue 26 from outside: a gradual phase restarted from zero after a kill, so one longer than a job's time limit
+    never finished. Its pruner's step and masks ride in the phase's checkpoint."""
+    steps = [{"kind": "prune", "method": "l1", "scope": "global", "amount": 0.6, "schedule": "gradual", "rounds": 4,
+              "after_round": "finetune", "finetune_epochs": 4}]
+    raw = {**tiny_config(**{"train.epochs": 1, "model.name": "counted:build", "data.options": {"train_size": 256, "test_size": 64}}),
+           "steps": steps}
+    config_file = tmp_path / "exp.yaml"
+    config_file.write_text(json.dumps(raw))
+    run_id, store = config_hash(build_config(raw)), tmp_path / "killed"
+    _kill_at_phase(config_file, store, store / "runs" / run_id / "phases" / "step0-round1.pt", 4)
+    resumed = _cli("run", str(config_file), "--store", str(store), "--json")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert 5 <= len(counted.read_text().splitlines()) <= 5 + 1  # 1 + 4 epochs; the kill cost at most one
+    straight = _cli("run", str(config_file), "--store", str(tmp_path / "straight"), "--json")
+    out2, _ = straight.communicate(timeout=300)
+    for key in ("prune_sparsity", "top1"):
+        assert json.loads(out)["metrics"][key] == json.loads(out2)["metrics"][key], key
+
+
 def _image_folder(root, classes: int, size: int = 8, per_class: int = 12):
     """class sub-folders of small PNGs: a user's own data."""
     from PIL import Image

@@ -54,6 +54,15 @@ class GradualPruning:
         self.step = 0
         self.sparsity_log: list[tuple[int, float]] = []  # (optimizer step, overall sparsity reached)
 
+    state_key = "gradual_pruning"  # its state rides in the training checkpoint: a resumed phase prunes on schedule
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "masks": self.masks, "sparsity_log": [list(x) for x in self.sparsity_log]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.masks = state["step"], state["masks"]
+        self.sparsity_log = [tuple(x) for x in state["sparsity_log"]]
+
     def on_step_end(self, model: nn.Module) -> None:
         self.step += 1
         since = self.step - self.start_step

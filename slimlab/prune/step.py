@@ -209,7 +209,7 @@ def _train_config(cfg: PruneStepConfig, context: StepContext) -> TrainConfig:
 
 
 def _retrain(model: nn.Module, cfg: PruneStepConfig, context: StepContext, callbacks: list, round_index: int) -> None:
-    resumable = context.resumable(f"round{round_index}") if cfg.schedule != "gradual" else {}  # its pruner's state is not in a checkpoint
+    resumable = context.resumable(f"round{round_index}")  # a gradual phase's pruner state is in the checkpoint too
     records = train(model, context.train_loader(), _train_config(cfg, context), callbacks=callbacks,
                     progress=context.progress, desc=f"prune round {round_index}", **resumable)
     context.history.extend({**rec, "prune_round": round_index} for rec in records)
