@@ -322,7 +322,7 @@ def test_the_front_that_stops_improving_ends_the_search_before_the_whole_split(e
 def test_the_page_opens_with_the_answer_then_the_front_and_the_sensitivity_heatmap(explored):
     cfg, store, out, result = explored
     page = (out / "report.html").read_text()
-    assert page.index("Recommendation") < page.index("The front") < page.index("Sensitivity") < page.index("Every trial")
+    assert page.index("Recommendation") < page.index("The front") < page.index("Sensitivity") < page.index("Every candidate trial")
     assert f"Recommended: {result.pick.label}" in page and "test split read once per finalist" in page
     assert "background:rgb(" in page  # the heatmap's cells are coloured by the change
     scored = sum(len(v) for v in result.scores.values())

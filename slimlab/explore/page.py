@@ -34,7 +34,8 @@ def front_chart(cfg, result) -> Chart:
     drawn = [series("front (whole validation split)", sorted((final[i] for i in front), key=lambda s: s.objective),
                     mode="lines+markers", color="#d62728"),
              series("dominated", [s for i, s in enumerate(final) if i not in front], color="#7f7f7f"),
-             series(f"slice only ({cfg.slice_size} images)", slice_only, color="#7f7f7f", symbol="circle-open", opacity=0.5)]
+             series(f"slice only ({cfg.slice_size} images)" if cfg.val_size is None or cfg.slice_size < cfg.val_size
+                    else "not promoted (the slice is the whole split)", slice_only, color="#7f7f7f", symbol="circle-open", opacity=0.5)]
     if result.float_score:
         drawn.append(series("float (the reference)", [result.float_score], color="black", symbol="diamond"))
     if result.pick:
@@ -80,12 +81,14 @@ def _coverage(result, store) -> str:
     return f"<section><h2>Coverage of the finalists</h2><ul>{''.join(items)}</ul></section>" if items else ""
 
 
-def _trials(rows: list[dict]) -> str:
+def _trials(rows: list[dict], total: int) -> str:
     if not rows:
         return ""
     head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
-    return f"<section><h2>Every trial</h2><div class=scroll><table><tr>{head}</tr>{body}</table></div></section>"
+    rest = f"; the other {total - len(rows)} were sensitivity trials, in the heatmap and sensitivity.csv" if total > len(rows) else ""
+    return (f"<section><h2>Every candidate trial</h2><p class=note>{len(rows)} of the {total} trials (trials.csv){rest}.</p>"
+            f"<div class=scroll><table><tr>{head}</tr>{body}</table></div></section>")
 
 
 def write_page(out: Path, cfg, result, summary: dict, answer: str, trials: list[dict], store=None) -> Path:
@@ -94,7 +97,7 @@ def write_page(out: Path, cfg, result, summary: dict, answer: str, trials: list[
     front = figure_div(front_chart(cfg, result)) if result.final() else "<p>No candidate was scored on the whole validation split.</p>"
     body = [f"<h1>slimlab explore: {html.escape(cfg.name)}</h1>", _answer(answer, summary),
             f"<section><h2>The front</h2>{front}</section>", heatmap(result.table), _coverage(result, store),
-            _trials(trials)]
+            _trials(trials, max(result.trials, len(trials)))]
     page = (f"<!DOCTYPE html><html><head><meta charset=utf-8><title>slimlab explore: {html.escape(cfg.name)}</title>"
             f"<style>{STYLE}{HEAT}</style><script>{plotly_js()}</script></head><body>{''.join(body)}</body></html>\n")
     write_atomic(out / PAGE, page.encode())
