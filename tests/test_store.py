@@ -62,14 +62,19 @@ def test_a_store_the_user_may_only_read_reports_and_nothing_in_it_changes(tmp_pa
     before = _snapshot(copy)
     try:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HOME": str(copy.parent)}
+        out = copy.parent / "report"  # the page goes where the reader may write; the store stays as it was
+        out.mkdir()
+        out.chmod(0o777)
         results = {args[0]: subprocess.run([*_as_reader(), sys.executable, "-m", "slimlab", *args, "--store", str(copy)],
                                            cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
-                   for args in (["runs", "--json"], ["status", "study"], ["show", "0123"], ["studies"], ["table", "study"])}
+                   for args in (["runs", "--json"], ["status", "study"], ["show", "0123"], ["studies"], ["table", "study"],
+                                ["recommend", "study"], ["report", "study", "--out", str(out)])}
         for name, result in results.items():
             assert result.returncode == 0, f"{name}: {result.stderr}"
         runs = [json.loads(line) for line in results["runs"].stdout.splitlines()]
         assert sorted(r["status"] for r in runs) == ["done", "done", "failed"]  # the node's record, which the index lacks
         assert "2 done" in results["status"].stdout and "RuntimeError: on the node" in results["show"].stdout
+        assert (out / "index.html").exists()
         assert _snapshot(copy) == before  # no index row, no journal, no lock, the leftover temp file left alone
     finally:
         for path in [copy, *copy.rglob("*")]:
@@ -107,3 +112,20 @@ def test_the_index_uses_a_rollback_journal_not_wal_and_reindex_still_rebuilds_it
     assert Store(store).reindex() == 3
     with sqlite3.connect(store / "index.sqlite") as db:
         assert db.execute("pragma journal_mode").fetchone()[0] == "delete"
+
+
+def test_a_driver_on_another_host_is_live_while_its_heartbeat_is_fresh_and_stale_after(tmp_path):
+    """Issue 26: a second driver on a shared filesystem, from another node, sees the first by its heartbeat alone."""
+    from slimlab.store import STALE_AFTER_SECONDS, StudyBusy
+
+    store = Store(tmp_path / "store")
+    (store.root / "locks").mkdir(parents=True, exist_ok=True)
+    beat = store.root / "locks" / "study-s.driver.json"
+    beat.write_text(json.dumps({"host": "node17.cluster", "pid": 4242, "time": time.time() - 5}))
+    with pytest.raises(StudyBusy, match=r"^study s is already being run by pid 4242 on node17.cluster, heartbeat \d+ s ago"):
+        with store.driving("s"):
+            pytest.fail("drove a study another node drives")
+    beat.write_text(json.dumps({"host": "node17.cluster", "pid": 4242, "time": time.time() - STALE_AFTER_SECONDS - 60}))
+    with store.driving("s"):  # a heartbeat older than STALE_AFTER_SECONDS: that driver is gone
+        assert json.loads(beat.read_text())["pid"] == os.getpid()
+    assert not beat.exists()
