@@ -78,10 +78,11 @@ def _logit_sqnr(reference: nn.Module, candidate: nn.Module, batches: list[torch.
     return compare_logits(reference, candidate, batches)["sqnr_db"]
 
 
-def _int8_layers(model: nn.Module) -> tuple[int, int]:
+def _int8_layers(model: nn.Module, float_model: nn.Module) -> tuple[int, int]:
+    """int8 layers and weighted layers, counted as a run's coverage counts them (one per layer of the float model)."""
     from slimlab.quantize import coverage
 
-    rows = coverage.layer_coverage(model)
+    rows = coverage.per_module(coverage.layer_coverage(model), float_model)
     return sum(r["weight_dtype"] == "int8" for r in rows), len(rows)
 
 
@@ -89,7 +90,7 @@ def _check_quantized(probe: Probe, quantized: nn.Module, floor: float, reference
     out = quantized(probe.evaluate[0])
     if tuple(out.shape) != (probe.evaluate[0].shape[0], probe.num_classes):
         raise AssertionError(f"output shape {tuple(out.shape)}")
-    int8, total = _int8_layers(quantized)
+    int8, total = _int8_layers(quantized, probe.model)
     sqnr = _logit_sqnr(reference if reference is not None else probe.model, quantized, probe.evaluate)
     figures = {"int8_layers": int8, "layers": total, "sqnr_db": round(sqnr, 1)}
     if int8 == 0:
@@ -112,7 +113,7 @@ def _dynamic(probe: Probe) -> dict:
     from slimlab.quantize import DynamicConfig, coverage, quantize_dynamic_
 
     quantized = quantize_dynamic_(copy.deepcopy(probe.model), DynamicConfig(), probe.evaluate[0])
-    rows = coverage.explain(coverage.layer_coverage(quantized), probe.model, "dynamic", known_reasons=quantized.slimlab_float_reasons)
+    rows = coverage.explain(coverage.per_module(coverage.layer_coverage(quantized), probe.model), probe.model, "dynamic", known_reasons=quantized.slimlab_float_reasons)
     coverage.refuse_no_op(rows, "dynamic")  # as the quantize step does: SqueezeNet has no Linear layer at all
     return _check_quantized(probe, quantized, probe.floor("dynamic"))
 

@@ -99,11 +99,16 @@ def test_every_engine_counts_the_same_layers_of_an_attention_model_with_a_shared
     # torch.ao swaps nn.MultiheadAttention for its quantizable twin only in some forms: where it did not, the rows
     # list out_proj alone, and the input projection is added, float, with why
     rows = [{"name": "patch", "type": "Conv2d", "weight_dtype": "int8", "weights": 384},
-            {"name": "mha.out_proj", "type": "Linear", "weight_dtype": "float32", "weights": 64}]
+            {"name": "mha.out_proj", "type": "Linear", "weight_dtype": "float32", "weights": 64},
+            {"name": "head", "type": "Linear", "weight_dtype": "int8", "weights": 24}]
     rows = explain(per_module(rows, model), model, "static", engine="x86")
-    assert rows[-1] == {"name": "mha.in_proj", "type": "MultiheadAttention", "weight_dtype": "float32", "weights": 192,
+    assert rows[-2] == {"name": "mha.in_proj", "type": "MultiheadAttention", "weight_dtype": "float32", "weights": 192,
                         "reason": "unsupported op (torch's attention reads this projection's weight itself)"}
-    assert summary(rows) == "1 of 3 layers int8; 2 float: 2 unsupported op (torch's attention reads this projection's weight itself)"
+    # and a layer no row lists at all (its parent reads its weight, as Swin's attention does) is a float row too
+    assert rows[-1] == {"name": "conv", "type": "Conv2d", "weight_dtype": "float32", "weights": 64,
+                        "reason": "unsupported op (its parent reads the weight; the module is never called)"}
+    assert summary(rows) == ("2 of 5 layers int8; 3 float: 2 unsupported op (torch's attention reads this projection's "
+                             "weight itself), 1 unsupported op (its parent reads the weight; the module is never called)")
 
 
 class ShapeScaledAttention(nn.Module):

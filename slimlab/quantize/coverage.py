@@ -50,7 +50,20 @@ def per_module(rows: list[dict], float_model: nn.Module | None) -> list[dict]:
             if listed < inside:  # the rows hold out_proj at most: the input projection is a parameter no swap reached
                 kept.append({"name": f"{name}.in_proj", "type": "MultiheadAttention", "weight_dtype": "float32",
                              "weights": inside - listed})
-    return kept
+    return kept + _unlisted(kept, modules)
+
+
+def _unlisted(rows: list[dict], modules: dict[str, nn.Module]) -> list[dict]:
+    """Float rows for the conv and linear modules an engine did not list at all: modules whose parent reads their
+    weight itself (torchvision's Swin calls F.linear(x, self.qkv.weight)), so no engine that swaps modules sees them.
+    A module counts as listed when a row names it, one of its parents (a graph engine names the op by the module that
+    ran it) or one of its children."""
+    names = [r["name"] for r in rows]
+    def listed(name: str) -> bool:
+        return any(n == name or name.startswith(f"{n}.") or n.startswith(f"{name}.") for n in names)
+    return [{"name": name, "type": type(m).__name__, "weight_dtype": "float32", "weights": m.weight.numel(), "uncalled": True}
+            for name, m in modules.items() if name and isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+            and getattr(m, "weight", None) is not None and not listed(name)]
 
 
 def explain(rows: list[dict], float_model: nn.Module | None, method: str, user_skip: Iterable[str] = (),
@@ -69,6 +82,8 @@ def explain(rows: list[dict], float_model: nn.Module | None, method: str, user_s
             row["reason"] = "user skip"
         elif row["name"] in known:
             row["reason"] = known[row["name"]]
+        elif row.pop("uncalled", False):
+            row["reason"] = "unsupported op (its parent reads the weight; the module is never called)"
         elif row["name"] in attention or row["type"] == "MultiheadAttention":
             row["reason"] = "unsupported op (torch's attention reads this projection's weight itself)"
         elif method == "dynamic" and "Conv" in types.get(row["name"], row["type"]):
