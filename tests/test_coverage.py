@@ -205,6 +205,18 @@ def test_structured_pruning_far_short_of_its_amount_says_so(store_dir):
     assert left > 0.625 and f"SHORT of amount 0.5: {1 - left:.0%} of the parameters removed" in line, line
 
 
+def test_onnx_node_scopes_map_back_to_the_float_models_module_names():
+    """Swin's nested Sequentials came out of ONNX as 'features.1.features.1.0.mlp.mlp.0': no skip pattern or layer
+    count could match them."""
+    from slimlab.quantize.onnx_runtime import called_module, module_of
+
+    assert module_of("/layer1/layer1.0/conv1/Conv") == "layer1.0.conv1"
+    assert module_of("/features/features.1/features.1.0/attn/MatMul") == "features.1.0.attn"
+    assert module_of("/features/features.1/features.1.0/mlp/mlp.0/Gemm") == "features.1.0.mlp.0"
+    assert module_of("/fc/Gemm") == "fc" and module_of("/Flatten") == ""
+    assert called_module("conv_1", {"conv", "fc"}) == "conv" and called_module("block_1", {"block_1"}) == "block_1"
+
+
 def test_refuse_no_op_names_the_first_layer():
     rows = [{"name": "features.0", "type": "Conv2d", "weight_dtype": "float32", "reason": "no dynamic kernel"}]
     with pytest.raises(SlimlabError, match="left all 1 weighted layers float .*first: features.0 Conv2d"):

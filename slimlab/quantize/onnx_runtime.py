@@ -107,13 +107,20 @@ def exportable_copy(model: nn.Module, example: torch.Tensor) -> nn.Module:
 
 
 def module_of(node_name: str) -> str:
-    """The torch module an exported node came from: '/layer1/layer1.0/conv1/Conv' -> 'layer1.0.conv1'."""
-    names: list[str] = []
+    """The torch module an exported node came from: '/layer1/layer1.0/conv1/Conv' -> 'layer1.0.conv1',
+    '/features/features.1/features.1.0/mlp/mlp.0/Gemm' -> 'features.1.0.mlp.0': a top container's child is scoped by
+    its whole dotted name, a nested container's child by the container's own name and its index, any other module by
+    its attribute name."""
+    path = previous = ""
     for scope in node_name.split("/")[1:-1]:
-        if names and scope.startswith(names[-1] + "."):  # a container's child is scoped 'layer1.0' under 'layer1'
-            scope = scope[len(names[-1]) + 1:]
-        names.append(scope)
-    return ".".join(names)
+        if not path or scope.startswith(path + "."):  # the whole dotted name ('features.1.0' under 'features.1')
+            path = scope
+        elif previous and scope.startswith(previous + "."):  # a nested container's child ('mlp.0' under 'mlp')
+            path = f"{path}.{scope[len(previous) + 1:]}"
+        else:
+            path = f"{path}.{scope}"
+        previous = scope
+    return path
 
 
 def _constant_size(sizes: dict, producers: dict, name: str) -> int:
