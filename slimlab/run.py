@@ -113,14 +113,15 @@ def failure_class(exc: BaseException) -> str:
 
 
 def _where(exc: BaseException) -> str:
-    """'in slimlab/quantize/torch_engine.py:88 (calibrate), from torch/ao/.../utils.py:120': the innermost slimlab frame,
-    the operation the user asked for, and where below it the error arose."""
+    """'in slimlab/quantize/torch_engine.py:88 (calibrate), from ao/quantization/observer.py:1290 (forward)': the
+    innermost slimlab frame (the operation the user asked for) and the frame below it where the error arose."""
+    package = Path(__file__).resolve().parent
     frames = traceback.extract_tb(exc.__traceback__)
-    ours = [f for f in frames if "/slimlab/" in f.filename.replace("\\", "/")]
+    ours = [f for f in frames if Path(f.filename).resolve().is_relative_to(package)]
     def short(frame) -> str:
-        parts = Path(frame.filename).parts
-        tail = parts[parts.index("slimlab"):] if "slimlab" in parts else parts[-3:]
-        return f"{'/'.join(tail)}:{frame.lineno} ({frame.name})"
+        path = Path(frame.filename).resolve()
+        shown = path.relative_to(package.parent) if path.is_relative_to(package) else Path(*path.parts[-3:])
+        return f"{shown.as_posix()}:{frame.lineno} ({frame.name})"
     text = f"in {short(ours[-1])}" if ours else ""
     return text + (f", from {short(frames[-1])}" if frames and (not ours or frames[-1] is not ours[-1]) else "")
 
