@@ -54,9 +54,11 @@ def time_latency(model: nn.Module, cfg, example_of: Callable[[int], torch.Tensor
     notes = {"latency": f"median and p90 of {cfg.repeats} timed forward passes after {cfg.warmup} warm-up, {threads} "
                         f"threads, {lat['timer']} on {example.device}"}
     if cfg.energy:
-        energy, energy_notes = _inference_energy(model, cfg, example_of, threads, flagged)
+        energy, energy_notes = _inference_energy(model, cfg, example_of, threads)
         metrics.update(energy)
         notes.update(energy_notes)
+        # taken just after the latencies: where a batch's latency was timed under load, its energy is flagged too
+        flagged += [f"energy_b{b}_mj" for b in cfg.batch_sizes if f"latency_b{b}_median_ms" in flagged and f"energy_b{b}_mj" in energy]
     if flagged:
         notes["latency_noisy"] = (f"timed while the machine was busy with other work, {attempts} attempt{'s' * (attempts > 1)}: "
                                   + "; ".join(reasons) + "; the figures may be too slow")
@@ -64,18 +66,15 @@ def time_latency(model: nn.Module, cfg, example_of: Callable[[int], torch.Tensor
     return metrics, notes
 
 
-def _inference_energy(model: nn.Module, cfg, example_of: Callable[[int], torch.Tensor], threads: int,
-                      flagged: list[str]) -> tuple[dict, dict]:
-    """energy_bN_mj at each batch size (measure.inference_energy), flagged where that batch's latency was; `flagged`
-    gains the keys. Without a counter, one note says why and no passes run."""
+def _inference_energy(model: nn.Module, cfg, example_of: Callable[[int], torch.Tensor], threads: int) -> tuple[dict, dict]:
+    """energy_bN_mj at each batch size (measure.inference_energy). Without a counter, one note says why and no passes
+    run."""
     metrics, source = {}, ""
     for batch in cfg.batch_sizes:
         millijoules, source = measure.inference_energy(model, example_of(batch), threads)
         if millijoules is None:
             return {}, {"energy_inference": f"not measured: {source}"}
         metrics[f"energy_b{batch}_mj"] = millijoules
-        if f"latency_b{batch}_median_ms" in flagged:
-            flagged.append(f"energy_b{batch}_mj")
     return metrics, {"energy_inference": f"millijoules per batch: {source} over {measure.ENERGY_WINDOW_S:g} s of "
                                          f"back-to-back passes after the latency, {threads} threads; the whole "
                                          "package's draw, its idle power included"}

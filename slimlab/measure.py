@@ -345,6 +345,11 @@ class EnergyMeter:
             self.joules = self.read()
         return False
 
+    @property
+    def counting(self) -> bool:
+        """Whether a counter is being read (inside the block); `reason` says why not."""
+        return bool(self._counters)
+
     def read(self) -> float:
         """Joules since the block was entered (a poll of every counter now)."""
         self.poll()
@@ -423,7 +428,7 @@ def inference_energy(model: nn.Module, example: torch.Tensor, threads: int, seco
                      rapl_root: Path | None = None) -> tuple[float | None, str]:
     """Millijoules per forward pass of `example`, and the counter read: the energy counters (RAPL for every CPU package,
     NVML for a GPU) over `seconds` of back-to-back passes, over the passes. The counters see the whole package or GPU,
-    so its idle draw is included (one pass's share of it), and so is any other work; the figure is taken right after
+    so its idle draw is included (one pass's share of it), and so is any other work; the figure is taken just after
     the latency, whose disturbance check covers it. (None, why) without a readable counter, and no passes run."""
     meter = EnergyMeter(example.device, rapl_root=rapl_root, poll_seconds=min(POLL_SECONDS, seconds))
     previous = torch.get_num_threads()
@@ -431,7 +436,7 @@ def inference_energy(model: nn.Module, example: torch.Tensor, threads: int, seco
     passes = 0
     try:
         with torch.inference_mode(), meter:
-            if not meter._counters:
+            if not meter.counting:
                 return None, meter.reason
             start = time.perf_counter()
             while passes == 0 or time.perf_counter() - start < seconds:

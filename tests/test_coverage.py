@@ -208,7 +208,8 @@ def test_structured_pruning_far_short_of_its_amount_says_so(store_dir):
 def test_onnx_node_scopes_map_back_to_the_float_models_module_names():
     """Swin's nested Sequentials came out of ONNX as 'features.1.features.1.0.mlp.mlp.0': no skip pattern or layer
     count could match them."""
-    from slimlab.quantize.onnx_runtime import called_module, module_of
+    from slimlab.quantize.layers import called_module
+    from slimlab.quantize.onnx_runtime import module_of
 
     assert module_of("/layer1/layer1.0/conv1/Conv") == "layer1.0.conv1"
     assert module_of("/features/features.1/features.1.0/attn/MatMul") == "features.1.0.attn"

@@ -186,8 +186,8 @@ def test_an_untrained_float_model_stops_explore_in_one_line(tmp_path):
         store.start(run_id, config, "f")
         store.finish(run_id, {"top1": top1}, {}, {}, [])
     why = search.at_chance(cfg, store, halving.Score("float", 0.0, 1.0, 500, "chance"), 10)
-    assert why == ("explore resnet20: the float model scores 12.0% on 500 validation images, chance for 10 classes: "
-                   "no --weights were given Pass the trained model's state dict (--weights)")
+    assert why == ("explore resnet20: the float model scores 12.0% on 500 validation images, chance for 10 classes "
+                   "(no --weights were given); pass the trained model's state dict with --weights")
     assert search.at_chance(cfg, store, halving.Score("float", 0.0, 1.0, 500, "trained"), 10) == ""  # 10% + 4 points < 31%
 
 

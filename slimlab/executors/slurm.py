@@ -224,9 +224,10 @@ def submit_missing(plan: Plan, store: Store, settings: dict, earlier: list[dict]
     todo, trainings = work.runs, work.trainings
     labels = {s.id: s.planned.label for s in plan.runs}
     # Runs still queued from an earlier call whose latency job was never submitted (sbatch refused it, or Ctrl-C came
-    # first): their latency is due once they end, or a rerun would wait for them and leave it pending.
-    timed = set(active_refs([j for j in earlier if j.get("kind") == "latency"])) if busy else set()
-    untimed = [i for i in busy if i in labels and i not in timed]
+    # first): their latency is due once they end, or a rerun would wait for them and leave it pending. A run and its
+    # latency share a task id; a live latency job, submitted after the runs, holds the id in `busy` (active_refs).
+    latency_jobs = {j["id"] for j in earlier if j.get("kind") == "latency"}
+    untimed = [i for i, ref in busy.items() if i in labels and ref.rsplit("_", 1)[0] not in latency_jobs]
     if not (todo or trainings or work.pending_latency or untimed):
         return []
     folder = store.root / "slurm" / plan.study.name

@@ -74,7 +74,7 @@ def at_chance(cfg: ExploreConfig, store: Store, float_score: halving.Score | Non
         return ""
     weights = f"are {cfg.weights} its trained weights?" if cfg.weights else "no --weights were given"
     return (f"explore {cfg.name}: the float model scores {top1:.1f}% on {float_score.images} validation images, chance for "
-            f"{classes} classes: {weights} Pass the trained model's state dict (--weights)")
+            f"{classes} classes ({weights}); pass the trained model's state dict with --weights")
 
 
 class Stages:

@@ -8,6 +8,7 @@ from torch import nn
 
 from slimlab.explore.config import ExploreConfig
 from slimlab.explore.trials import Trial, done, int8_step
+from slimlab.models.calls import first_calls
 from slimlab.store import RunRecord
 
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -20,15 +21,7 @@ def weighted_layers(model: nn.Module, example: torch.Tensor | None = None) -> li
     names = [name for name, m in model.named_modules() if isinstance(m, _WEIGHTED)]
     if example is None:
         return names
-    called: list[str] = []
-    modules = dict(model.named_modules())
-    hooks = [modules[n].register_forward_hook(lambda *_a, n=n: called.append(n) if n not in called else None) for n in names]
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    called = first_calls(model, example, _WEIGHTED)
     return called[:-1] + [n for n in names if n not in called] + called[-1:]
 
 

@@ -56,13 +56,19 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_s
     return model
 
 
+def _is_torchscript(path: Path) -> bool:
+    """A torch.jit.save archive: a zip with the module's constants beside its code."""
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("constants.pkl") for n in archive.namelist())
+
+
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a state dict (weights_only, so a checkpoint cannot run code); accepts {'model': sd} or {'state_dict': sd} too."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"model.weights: checkpoint {path} does not exist")
     fix = "save one with torch.save(model.state_dict(), PATH) (it is loaded weights-only, so that it cannot run code)"
-    if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist()):
+    if zipfile.is_zipfile(path) and _is_torchscript(path):
         raise ConfigError(f"model.weights: {path} is a TorchScript archive, not a state dict; {fix}")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)

@@ -17,6 +17,7 @@ import signal
 import threading
 
 from slimlab.errors import ConfigError, SlimlabError, require
+from slimlab.models.calls import first_calls
 from slimlab.prune.methods import PruneContext
 
 # Torch-Pruning's tracer can loop on some graphs (torchvision's Swin: "Maximum recursive depth reached", then minutes
@@ -55,16 +56,8 @@ def _importance(method: str, context: PruneContext):
 
 def _output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
     """The layers whose outputs reach the model's output unchanged in width: the last weighted layer run."""
-    order: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda mod, _i, _o: order.append(mod)) for m in model.modules()
-             if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    return order[-1:]
+    called = first_calls(model, example, (nn.Linear, nn.modules.conv._ConvNd))
+    return [model.get_submodule(called[-1])] if called else []
 
 
 def prune_torch_pruning_(model: nn.Module, amount: float, example: torch.Tensor, method: str, scope: str,

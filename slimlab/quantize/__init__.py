@@ -2,7 +2,7 @@
 the `quantize` experiment step (registered by slimlab/quantize/step.py)."""
 from __future__ import annotations
 
-import importlib
+from slimlab.lazy import lazy_api
 
 # The public API: each name and the module that defines it.
 _API = {
@@ -37,15 +37,4 @@ __all__ = ["DynamicConfig", "QATConfig", "StaticConfig", "quantize_dynamic_", "q
            "engine_names", "compare_logits", "layer_table", "logit_error", "QuantizeStepConfig"]
 
 
-def __getattr__(name: str):
-    """The API names resolve on first use (PEP 562), so that importing one module of this package (its config classes,
-    when slimlab.config validates a step) initializes nothing else: no import circle with slimlab.config."""
-    if name not in _API:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_API[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_API})
+__getattr__, __dir__ = lazy_api(__name__, _API)

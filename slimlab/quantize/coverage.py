@@ -12,7 +12,7 @@ from typing import Iterable
 from torch import nn
 
 from slimlab.errors import SlimlabError
-from slimlab.quantize.layers import attention_projections, layer_rows, matches
+from slimlab.quantize.layers import attention_projections, called_module, layer_rows, matches
 
 FLOAT_DTYPES = ("float32", "float64")
 
@@ -33,9 +33,8 @@ def per_module(rows: list[dict], float_model: nn.Module | None) -> list[dict]:
     first: dict[str, dict] = {}
     kept = []
     for row in rows:
-        base, _, call = row["name"].rpartition("_")
-        if row["name"] not in modules and call.isdigit() and base in modules:
-            row = {**row, "name": base, "call": int(call)}
+        if (module := called_module(row["name"], modules)) != row["name"]:
+            row = {**row, "name": module, "call": int(row["name"].rpartition("_")[2])}
         if row.get("call") and (earlier := first.get(row["name"])) is not None:
             if row["weight_dtype"] in FLOAT_DTYPES:
                 earlier["weight_dtype"] = row["weight_dtype"]

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.ao.nn.intrinsic import _FusedModule
 
+from slimlab.models.calls import first_calls
+
 FLOAT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear,
                 nn.RNNBase, nn.RNNCellBase, nn.Embedding, nn.EmbeddingBag)
 ISLAND_ATTRIBUTE = "float_layer"  # the attribute under which a skipped layer sits inside its float island
@@ -78,21 +80,11 @@ def attention_projections(model: nn.Module) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-@torch.no_grad()
 def uncalled_layers(model: nn.Module, example: torch.Tensor, types: tuple = FLOAT_LAYERS) -> list[str]:
     """Layers of `types` whose forward never runs on `example`: their parent reads their weight itself (torchvision's
     Swin calls F.linear(x, self.qkv.weight)), so swapping the module for a quantized one breaks the parent."""
-    called: set[str] = set()
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, types)}
-    hooks = [m.register_forward_hook(lambda *_a, n=n: called.add(n)) for n, m in layers.items()]
-    was_training = model.training
-    try:
-        model.eval()(example)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return [n for n in layers if n not in called]
+    called = set(first_calls(model, example, types))
+    return [n for n, m in model.named_modules() if isinstance(m, types) and n not in called]
 
 
 def weight_count(module: nn.Module) -> int:
@@ -111,6 +103,13 @@ def layer_row(name: str, module: nn.Module) -> dict:
 def layer_rows(model: nn.Module) -> list[dict]:
     """One row per weighted layer (see layer_row), in module order."""
     return [layer_row(n, m) for n, m in weighted_layers(model)]
+
+
+def called_module(name: str, modules) -> str:
+    """The module a graph engine's name for a further call stands for: ONNX scopes a module's second and third calls
+    'conv_1', 'conv_2' (a name that is itself a module of `modules` stays as it is)."""
+    base, _, call = name.rpartition("_")
+    return base if name not in modules and call.isdigit() and base in modules else name
 
 
 def float_name(name: str) -> str:

@@ -15,7 +15,7 @@ from torch import nn
 from slimlab.errors import SlimlabError, require
 from slimlab.quantize.configs import StaticConfig
 from slimlab.quantize.engines import register_engine
-from slimlab.quantize.layers import matches, resolve_skip
+from slimlab.quantize.layers import called_module, matches, resolve_skip
 
 INPUT, OUTPUT = "input", "logits"
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
@@ -136,12 +136,6 @@ def _constant_size(sizes: dict, producers: dict, name: str) -> int:
             return math.prod(node.attribute[0].t.dims) if node.attribute and node.attribute[0].t.dims else 1
         name = node.input[0]
     return 0
-
-
-def called_module(name: str, modules: set[str]) -> str:
-    """The module behind an exported scope: the exporter names a module's further calls 'conv_1', 'conv_2'."""
-    base, _, call = name.rpartition("_")
-    return base if name not in modules and call.isdigit() and base in modules else name
 
 
 class OnnxRuntimeModule(nn.Module):
